@@ -1,0 +1,241 @@
+"""Typed configuration: dataclass defaults are the embedded ``default`` profile, YAML profiles override them.
+
+A resolved config is plain data (``to_dict``) and hashed (``digest``); the hashes of its parts name caches
+and checkpoints, so two runs share a stage exactly when the settings that stage depends on agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from kbench.errors import KbenchError
+
+PROFILES = ("smoke", "default", "paper")
+
+
+@dataclass
+class SynthConfig:
+    """Size and seed of the generated SynthFashion dataset."""
+
+    products_train: int = 2000
+    products_test: int = 700
+    max_poses: int = 3
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to read and how its text is tokenised."""
+
+    dataset: str = "synth"
+    data_dir: str | None = None
+    tokenizer: str = "bundled"  # "bundled" (bert-base-uncased WordPiece, offline) or a hub name / path
+    max_text_len: int = 40
+    dev_fraction: float = 0.05
+    dev_seed: int = 0
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class FeatureConfig:
+    """The frozen patch encoder and how crops are fed to it."""
+
+    encoder: str = "small-cnn"
+    weights: str | None = None  # a torchvision-layout state dict for resnet50
+    crop_size: int = 32
+    batch_size: int = 64  # images per extraction batch
+
+
+@dataclass
+class ModelConfig:
+    """Transformer size shared by every zoo entry; ``init_from`` names a BERT checkpoint to start from."""
+
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 1024
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    init_from: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """One optimisation recipe: AdamW, linear warm-up then linear decay, global-norm clipping."""
+
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # a fraction of the steps when < 1, else a number of steps
+    clip_norm: float = 1.0
+    max_steps: int | None = None
+
+
+@dataclass
+class PretrainConfig(OptimConfig):
+    """The pre-training recipe; the objectives themselves are options of each zoo entry."""
+
+    epochs: float = 6.0
+    lr: float = 2e-4
+    itm_negative_rate: float = 0.5
+    mlm_probability: float = 0.15
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how trials run."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
+    cpus_per_trial: int = 2
+    gpus_per_trial: float = 0.0
+    eval_batch_size: int = 128
+
+
+@dataclass
+class Config:
+    """Everything a run depends on, apart from the model name and the seed."""
+
+    profile: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model options, e.g. models.fashionbert
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides of the task cards
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_config(profile: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The named profile with ``--set key=value`` overrides applied."""
+    if profile not in PROFILES:
+        close = difflib.get_close_matches(profile, PROFILES, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(PROFILES)}"
+        raise KbenchError(f"unknown profile {profile!r}{hint}")
+    text = resources.files("kbench").joinpath("profiles", f"{profile}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    cfg = _build(Config, data, f"profile {profile}")
+    cfg.profile = profile
+    for item in overrides:
+        apply_override(cfg, item)
+    return cfg
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place, coercing the value to the field's type."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise KbenchError(f"malformed --set {item!r}: expected key=value, e.g. pretrain.lr=1e-4")
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, name in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, dict):
+            if last:
+                node[name] = _parse_scalar(raw)
+            else:
+                node = node.setdefault(name, {})
+                if not isinstance(node, dict):
+                    raise KbenchError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section")
+            continue
+        names = [f.name for f in dataclasses.fields(node)]
+        if name not in names:
+            where = ".".join(parts[:depth]) or "config"
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; {where} has: {', '.join(names)}"
+            raise KbenchError(f"unknown config key {key!r}{hint}")
+        if last:
+            hint = typing.get_type_hints(type(node))[name]
+            setattr(node, name, _coerce(_parse_scalar(raw), hint, key))
+        else:
+            node = getattr(node, name)
+            if not (dataclasses.is_dataclass(node) or isinstance(node, dict)):
+                raise KbenchError(f"--set {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+
+
+def _parse_scalar(raw: str) -> Any:
+    raw = raw.strip()
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type hint, converting ints to floats where a float is wanted."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except KbenchError:
+                continue
+        raise KbenchError(f"bad value {value!r} for {key}: expected {_type_name(hint)}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise KbenchError(f"bad value {value!r} for {key}: expected a section")
+        return _build(hint, value, key)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise KbenchError(f"bad value {value!r} for {key}: expected a mapping")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not _bool_for_number(value, hint)):
+        return value
+    raise KbenchError(f"bad value {value!r} for {key}: expected {_type_name(hint)}")
+
+
+def _bool_for_number(value: Any, hint: type) -> bool:
+    return isinstance(value, bool) and hint in (int, float)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise KbenchError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KbenchError(f"{where}: unknown key {unknown[0]!r}{hint}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in data.items()}
+    return cls(**kwargs)

@@ -1,0 +1,156 @@
+"""Frozen patch encoders: a seeded small CNN for CPU profiles and a ResNet-50 laid out like torchvision's.
+
+Both map normalised ``(N, 3, S, S)`` crops to non-negative, globally average-pooled features, as the
+ResNet ``AvgPool`` features of Kaleido-BERT and FashionBERT are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kbench.errors import KbenchError
+from kbench.registry import Registry
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PatchEncoder(nn.Module):
+    """Base of the frozen encoders: ``out_dim`` features per crop."""
+
+    out_dim: int
+
+    def weights_id(self) -> str:
+        """What identifies the weights in cache keys."""
+        raise NotImplementedError
+
+
+ENCODERS: Registry[type[PatchEncoder]] = Registry("encoder", base=PatchEncoder)
+
+
+@ENCODERS.register("small-cnn")
+class SmallCNN(PatchEncoder):
+    """Three seeded random convolutions (no pretrained weights exist offline); 128-d features, CPU-cheap."""
+
+    def __init__(self, weights: str | None = None, seed: int = 0) -> None:
+        super().__init__()
+        if weights:
+            raise KbenchError("the small-cnn encoder is seeded, not loaded: drop features.weights or use resnet50")
+        self.seed = seed
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, stride=1, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        self.out_dim = 128
+        generator = torch.Generator().manual_seed(seed)
+        for module in self.features:
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def weights_id(self) -> str:
+        return f"seed{self.seed}"
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet bottleneck block (same parameter names)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+@ENCODERS.register("resnet50")
+class ResNet50(PatchEncoder):
+    """ResNet-50 with torchvision's parameter names; loads the ImageNet weights file the user gives (2048-d)."""
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        if not weights:
+            raise KbenchError("the resnet50 encoder needs features.weights: a torchvision resnet50 state dict file")
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.inplanes = 64
+        self.layer1 = self._make_layer(64, 3)
+        self.layer2 = self._make_layer(128, 4, stride=2)
+        self.layer3 = self._make_layer(256, 6, stride=2)
+        self.layer4 = self._make_layer(512, 3, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, 1000)
+        self.out_dim = 2048
+        self.weights = str(weights)
+        self._load(Path(weights))
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes * 4:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * 4, 1, stride=stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * 4
+        layers += [Bottleneck(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise KbenchError(f"resnet50 weights file {path} does not exist")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as exc:  # torch raises several types for a file that is not a state dict
+                raise KbenchError(f"cannot read resnet50 weights {path}: {exc}") from None
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise KbenchError(
+                f"{path} is not a torchvision resnet50 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(self.avgpool(x), 1)
+
+    def weights_id(self) -> str:
+        return self.weights
+
+
+def build_encoder(name: str, weights: str | None) -> PatchEncoder:
+    """The frozen encoder ``name`` in eval mode, without gradients."""
+    encoder = ENCODERS.get(name)(weights=weights)
+    encoder.eval().requires_grad_(False)
+    return encoder

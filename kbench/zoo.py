@@ -1,0 +1,113 @@
+"""The model zoo: the registry of pre-training models and the interface every entry offers the tasks.
+
+An entry is a transformers ``PreTrainedModel`` (config class, bare model, heads) whose ``forward`` computes
+its own pre-training losses from the batch its ``collator`` builds. The downstream tasks only use the
+methods declared on ``VLPreTrainedModel``, so every entry runs the same tasks, protocols and metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from kbench.errors import KbenchError
+from kbench.registry import Registry
+
+
+@dataclass
+class VLPreTrainingOutput(ModelOutput):
+    """Pre-training output: the summed ``loss`` and, for logging, each objective's loss and accuracy."""
+
+    loss: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = None
+    accuracies: dict[str, torch.Tensor] | None = None
+
+
+class VLPreTrainedModel(PreTrainedModel):
+    """Base of zoo entries: BERT-style initialisation plus the task-facing methods.
+
+    Inputs are always ``input_ids``/``attention_mask`` (B, T) for the text and ``patch_features`` (B, K, D)
+    with ``patch_locations`` (B, K, 5) for the image.
+    """
+
+    base_model_prefix = "vl"
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    collator: ClassVar[type]  # builds pre-training batches for this entry
+
+    def pooled_output(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """(B, H) joint representation ([CLS] after the pooler), fed to classification heads."""
+        raise NotImplementedError
+
+    def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """(B, 2) image-text matching logits; class 1 means "match"."""
+        raise NotImplementedError
+
+    def mlm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) vocabulary logits at every text position, for captioning by mask-predict."""
+        raise NotImplementedError
+
+    def load_bert_weights(self, bert: BertModel) -> None:
+        """Copy a BERT checkpoint's text embeddings, encoder and pooler into this model."""
+        raise NotImplementedError
+
+
+MODELS: Registry[type[VLPreTrainedModel]] = Registry("model", base=VLPreTrainedModel)
+MODELS.register("fashionbert", "baselines.fashionbert:FashionBertForPreTraining")
+
+
+ARCHITECTURE_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "hidden_act",
+    "layer_norm_eps",
+)
+
+
+def build_model(name: str, init_from: str | None, **config_kwargs: Any) -> VLPreTrainedModel:
+    """Instantiate zoo entry ``name`` from scratch, or with its text side initialised from a BERT checkpoint.
+
+    With ``init_from`` (a local path or a hub name), the architecture follows that checkpoint.
+    """
+    model_cls = MODELS.get(name)
+    if not init_from:
+        return model_cls(_make_config(model_cls, config_kwargs))
+    bert = load_bert(init_from)
+    arch = {k: getattr(bert.config, k) for k in ARCHITECTURE_KEYS}
+    model = model_cls(_make_config(model_cls, {**config_kwargs, **arch}))
+    model.load_bert_weights(bert)
+    return model
+
+
+def load_bert(name_or_path: str) -> BertModel:
+    """A BERT checkpoint from a directory or the hub (the hub only when the user names a model)."""
+    try:
+        config = BertConfig.from_pretrained(name_or_path)
+        return BertModel.from_pretrained(name_or_path, config=config, add_pooling_layer=True)
+    except (OSError, ValueError) as exc:
+        where = "directory" if Path(name_or_path).exists() else "name"
+        raise KbenchError(f"cannot load BERT checkpoint {where} {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _make_config(model_cls: type[VLPreTrainedModel], kwargs: dict[str, Any]) -> Any:
+    config_cls = model_cls.config_class
+    try:
+        return config_cls(**kwargs)
+    except TypeError as exc:
+        raise KbenchError(f"bad option for model {config_cls.model_type}: {exc}") from None
+
+
+def tie_mlm_head(decoder: nn.Linear, word_embeddings: nn.Embedding) -> None:
+    """Share the MLM decoder weight with the input word embeddings, as BERT does."""
+    decoder.weight = word_embeddings.weight
