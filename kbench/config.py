@@ -89,7 +89,6 @@ class PretrainConfig(OptimConfig):
     epochs: float = 6.0
     lr: float = 2e-4
     itm_negative_rate: float = 0.5
-    mlm_probability: float = 0.15
 
 
 @dataclass
@@ -126,14 +125,23 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_config(profile: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The named profile with ``--set key=value`` overrides applied."""
+def profile_description(profile: str) -> str:
+    """The first comment line of a profile's YAML file."""
+    first = _profile_text(profile).splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def _profile_text(profile: str) -> str:
     if profile not in PROFILES:
         close = difflib.get_close_matches(profile, PROFILES, n=1)
         hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(PROFILES)}"
         raise KbenchError(f"unknown profile {profile!r}{hint}")
-    text = resources.files("kbench").joinpath("profiles", f"{profile}.yaml").read_text()
-    data = yaml.safe_load(text) or {}
+    return resources.files("kbench").joinpath("profiles", f"{profile}.yaml").read_text()
+
+
+def load_config(profile: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The named profile with ``--set key=value`` overrides applied."""
+    data = yaml.safe_load(_profile_text(profile)) or {}
     cfg = _build(Config, data, f"profile {profile}")
     cfg.profile = profile
     for item in overrides:

@@ -22,8 +22,8 @@ from kbench.data.layout import IMAGE_KEY
 from kbench.data.splits import Split
 from kbench.encoders import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, build_encoder
 from kbench.errors import KbenchError
-from kbench.paths import atomic_path, cache_dir
 from kbench.patches import PatchScheme, locations
+from kbench.paths import atomic_path, cache_dir
 from kbench.progress import stage
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,12 @@ def load_features(split: Split, scheme: PatchScheme, cfg: FeatureConfig, device:
 
 
 def extract(
-    data_path: Path, out: Path, scheme: PatchScheme, encoder: PatchEncoder, cfg: FeatureConfig, device: torch.device
+    data_path: Path,
+    out: Path,
+    scheme: PatchScheme,
+    encoder: PatchEncoder,
+    cfg: FeatureConfig,
+    device: torch.device,
 ) -> None:
     """Encode every image of ``data_path`` into an HDF5 store at ``out``."""
     with h5py.File(data_path, "r") as src, h5py.File(out, "w") as dst:

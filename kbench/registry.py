@@ -82,7 +82,7 @@ class Registry(Generic[T]):
     def _check_base(self, name: str, obj: object) -> None:
         if self.base is None:
             return
-        ok = isinstance(obj, type) and issubclass(obj, self.base) or isinstance(obj, self.base)
+        ok = (isinstance(obj, type) and issubclass(obj, self.base)) or isinstance(obj, self.base)
         if not ok:
             raise TypeError(f"{self.kind} {name!r} must be a {self.base.__name__}, got {obj!r}")
 

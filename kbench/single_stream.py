@@ -6,6 +6,8 @@ BERT encoder, as transformers' VisualBERT does. Entries differ in their patch em
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,7 +42,9 @@ class SingleStreamModel(VLPreTrainedModel):
         hidden = torch.cat([text, patches], dim=1)
         patch_mask = attention_mask.new_ones(patches.shape[:2])  # patches are never padded
         mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=torch.cat([attention_mask, patch_mask], dim=1)
+            config=self.config,
+            inputs_embeds=hidden,
+            attention_mask=torch.cat([attention_mask, patch_mask], dim=1),
         )
         sequence = self.encoder(hidden, attention_mask=mask).last_hidden_state
         return BaseModelOutputWithPooling(last_hidden_state=sequence, pooler_output=self.pooler(sequence))
@@ -49,7 +53,7 @@ class SingleStreamModel(VLPreTrainedModel):
 class SingleStreamForPreTraining(VLPreTrainedModel):
     """A single-stream model with BERT's tied MLM head and a 2-way ITM head; subclasses add their objectives."""
 
-    _tied_weights_keys = {
+    _tied_weights_keys: ClassVar[dict[str, str]] = {
         "mlm_head.predictions.decoder.weight": "vl.embeddings.word_embeddings.weight",
         "mlm_head.predictions.decoder.bias": "mlm_head.predictions.bias",
     }
@@ -69,9 +73,9 @@ class SingleStreamForPreTraining(VLPreTrainedModel):
     def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.itm_head(self.vl(**inputs).pooler_output)
 
-    def mlm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
-        text_len = inputs["input_ids"].shape[1]
-        return self.mlm_head(self.vl(**inputs).last_hidden_state[:, :text_len])
+    def mlm_logits(self, where: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        text = self.vl(**inputs).last_hidden_state[:, : inputs["input_ids"].shape[1]]
+        return self.mlm_head(text if where is None else text[where])
 
     def load_bert_weights(self, bert: BertModel) -> None:
         self.vl.embeddings.load_state_dict(bert.embeddings.state_dict())

@@ -7,12 +7,13 @@ methods declared on ``VLPreTrainedModel``, so every entry runs the same tasks, p
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 from transformers import BertConfig, BertModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
@@ -50,8 +51,9 @@ class VLPreTrainedModel(PreTrainedModel):
         """(B, 2) image-text matching logits; class 1 means "match"."""
         raise NotImplementedError
 
-    def mlm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """(B, T, V) vocabulary logits at every text position, for captioning by mask-predict."""
+    def mlm_logits(self, where: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits at the text positions ``where`` (B, T) bool selects, (N, V); all of them, (B, T, V),
+        when ``where`` is None. Used for captioning by mask-predict."""
         raise NotImplementedError
 
     def load_bert_weights(self, bert: BertModel) -> None:
@@ -82,10 +84,10 @@ def build_model(name: str, init_from: str | None, **config_kwargs: Any) -> VLPre
     """
     model_cls = MODELS.get(name)
     if not init_from:
-        return model_cls(_make_config(model_cls, config_kwargs))
+        return model_cls(model_cls.config_class(**config_kwargs))
     bert = load_bert(init_from)
     arch = {k: getattr(bert.config, k) for k in ARCHITECTURE_KEYS}
-    model = model_cls(_make_config(model_cls, {**config_kwargs, **arch}))
+    model = model_cls(model_cls.config_class(**{**config_kwargs, **arch}))
     model.load_bert_weights(bert)
     return model
 
@@ -97,17 +99,27 @@ def load_bert(name_or_path: str) -> BertModel:
         return BertModel.from_pretrained(name_or_path, config=config, add_pooling_layer=True)
     except (OSError, ValueError) as exc:
         where = "directory" if Path(name_or_path).exists() else "name"
-        raise KbenchError(f"cannot load BERT checkpoint {where} {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+        raise KbenchError(
+            f"cannot load BERT checkpoint {where} {name_or_path!r}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
-def _make_config(model_cls: type[VLPreTrainedModel], kwargs: dict[str, Any]) -> Any:
-    config_cls = model_cls.config_class
-    try:
-        return config_cls(**kwargs)
-    except TypeError as exc:
-        raise KbenchError(f"bad option for model {config_cls.model_type}: {exc}") from None
+def option_names(model_cls: type[VLPreTrainedModel]) -> list[str]:
+    """The arguments a zoo entry's config class takes (its own and BERT's)."""
+    names: set[str] = set()
+    for klass in model_cls.config_class.__mro__:
+        if klass.__name__ == "PreTrainedConfig" or "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+    return sorted(names)
 
 
-def tie_mlm_head(decoder: nn.Linear, word_embeddings: nn.Embedding) -> None:
-    """Share the MLM decoder weight with the input word embeddings, as BERT does."""
-    decoder.weight = word_embeddings.weight
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse options the entry's config class does not take, naming the closest ones."""
+    known = option_names(MODELS.get(name))
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KbenchError(f"model {name} has no option {key!r}{hint}")

@@ -44,7 +44,7 @@ def read_splits(data_dir: Path, cfg: DataConfig, name: str) -> DatasetSplits:
     unseen = ~test.meta["subcategory"].isin(subcategories)
     if unseen.any():
         log.info(
-            "%s: %d test images (%d sub-categories) have a sub-category unseen in training; they count as errors in SUB",
+            "%s: %d test images (%d sub-categories) have a sub-category unseen in training (errors in SUB)",
             name,
             int(unseen.sum()),
             test.meta.loc[unseen, "subcategory"].nunique(),

@@ -52,11 +52,15 @@ def check_layout(f: h5py.File, path: Path) -> int:
         raise KbenchError(f"{path}: {IMAGE_KEY} holds no rows")
     ids = f[PRODUCT_KEY]
     if ids.shape != (n, 1) or ids.dtype.kind not in "iu":
-        raise KbenchError(f"{path}: {PRODUCT_KEY} has shape {ids.shape} and dtype {ids.dtype}; expected ({n}, 1) integer")
+        raise KbenchError(
+            f"{path}: {PRODUCT_KEY} has shape {ids.shape} and dtype {ids.dtype}; expected ({n}, 1) integer"
+        )
     for key in (*REQUIRED_TEXT_KEYS, *(k for k in TEXT_KEYS if k in f and k not in REQUIRED_TEXT_KEYS)):
         ds = f[key]
         if ds.shape != (n, 1) or ds.dtype.kind not in "SO":
-            raise KbenchError(f"{path}: {key} has shape {ds.shape} and dtype {ds.dtype}; expected ({n}, 1) byte strings")
+            raise KbenchError(
+                f"{path}: {key} has shape {ds.shape} and dtype {ds.dtype}; expected ({n}, 1) byte strings"
+            )
     return n
 
 

@@ -66,7 +66,7 @@ def carve_dev(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Move a seeded ``fraction`` of the training products (all their images) into a dev split."""
     pids = np.asarray(list(train.product_groups()))
     rng = np.random.default_rng(seed)
-    n_dev = int(round(len(pids) * fraction))
+    n_dev = round(len(pids) * fraction)
     dev_ids = set(rng.choice(pids, size=n_dev, replace=False).tolist()) if n_dev else set()
     is_dev = train.meta["product_id"].isin(dev_ids).to_numpy()
     return train.subset(np.flatnonzero(~is_dev), "train"), train.subset(np.flatnonzero(is_dev), "dev")

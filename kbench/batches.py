@@ -1,0 +1,71 @@
+"""Model-ready splits and the image-text pairs that batches are made of."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kbench.data.splits import Split
+from kbench.features import PatchFeatures
+from kbench.text import TokenizedText
+
+
+@dataclass
+class ModelData:
+    """A split ready for the models: the tokenised description and the patch features of every example."""
+
+    split: Split
+    text: TokenizedText
+    features: PatchFeatures
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def inputs(self, image_pos: np.ndarray, text_pos: np.ndarray) -> dict[str, torch.Tensor]:
+        """Model inputs pairing the image of each ``image_pos`` example with the text of each ``text_pos`` one."""
+        feats, locs = self.features.batch(image_pos)
+        idx = torch.from_numpy(np.asarray(text_pos))
+        return {
+            "input_ids": self.text.input_ids[idx],
+            "attention_mask": self.text.attention_mask[idx],
+            "word_ids": self.text.word_ids[idx],
+            "patch_features": feats,
+            "patch_locations": locs,
+        }
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The four inputs every zoo entry takes, on ``device``."""
+    keys = ("input_ids", "attention_mask", "patch_features", "patch_locations")
+    return {k: batch[k].to(device, non_blocking=True) for k in keys}
+
+
+class NegativeSampler:
+    """Draws mismatched texts for ITM: from any other product, or (``groups`` given) from another product of
+    the same group, e.g. the same sub-category (hard negatives), falling back to any other product."""
+
+    def __init__(self, product_ids: np.ndarray, groups: np.ndarray | None = None) -> None:
+        self.product_ids = product_ids
+        self.groups = groups
+        self.members: dict[int, np.ndarray] = {}
+        if groups is not None:
+            order = np.argsort(groups, kind="stable")
+            keys, starts = np.unique(groups[order], return_index=True)
+            self.members = {int(k): part for k, part in zip(keys, np.split(order, starts[1:]), strict=False)}
+
+    def sample(self, positions: np.ndarray, rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(text positions, labels)`` for the images at ``positions``; a ``rate`` share become negatives."""
+        text_pos = positions.copy()
+        labels = np.ones(len(positions), dtype=np.int64)
+        for i in np.flatnonzero(rng.random(len(positions)) < rate):
+            own = self.product_ids[positions[i]]
+            pool = self.members.get(int(self.groups[positions[i]])) if self.groups is not None else None
+            for attempt in range(64):  # rejection sampling; the group pool first, then any product
+                in_group = pool is not None and attempt < 16
+                j = rng.choice(pool) if in_group else rng.integers(len(self.product_ids))
+                if self.product_ids[j] != own:
+                    text_pos[i], labels[i] = j, 0
+                    break
+        return text_pos, labels

@@ -1,0 +1,189 @@
+"""The ``kbench`` command line: ``run``, ``table``, ``ls``, ``config``, ``data``, ``bench``.
+
+Every subcommand is a function of its parsed options, so tests drive the same entry point as users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+import kbench
+from kbench.config import PROFILES, Config, digest, load_config, profile_description
+from kbench.errors import KbenchError
+
+log = logging.getLogger("kbench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kbench {kbench.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="pre-train, fine-tune and evaluate models on tasks; print the main table")
+    run.add_argument("--model", default="fashionbert", help="zoo entries, comma-separated, or all")
+    run.add_argument("--task", default="all", help="tasks (itr,tir,cr,sub,fc), comma-separated, or all")
+    _add_config_args(run)
+    run.add_argument("--seed", type=int, default=0, help="first seed")
+    run.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
+    _add_tracking_args(run)
+    run.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    run.set_defaults(handler=cmd_run)
+
+    table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
+    table.add_argument("--main", action="store_true", required=True, help="Tables 2 and 3 (retrieval; CR, SUB, FC)")
+    table.add_argument("--format", default="md", choices=("md", "latex", "csv"))
+    table.add_argument("--profile", help="only runs of this profile (default: that of the newest run)")
+    table.add_argument("--dataset", help="only runs on this dataset (default: that of the newest run)")
+    table.add_argument("--output", type=Path, help="also write the table to this file")
+    _add_tracking_args(table)
+    table.set_defaults(handler=cmd_table)
+
+    ls = sub.add_parser("ls", help="list registered models, tasks, datasets, protocols, encoders or profiles")
+    ls.add_argument("what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"))
+    ls.set_defaults(handler=cmd_ls)
+
+    config = sub.add_parser("config", help="print the resolved config of a profile and its hash")
+    _add_config_args(config)
+    config.set_defaults(handler=cmd_config)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_sub.add_parser("synth", help="write SynthFashion in the Fashion-Gen layout to a directory")
+    synth.add_argument("--out", type=Path, required=True, help="directory to write the two HDF5 files into")
+    _add_config_args(synth, dataset=False)
+    synth.set_defaults(handler=cmd_data_synth)
+
+    bench = sub.add_parser("bench", help="time feature extraction, pre-training steps and retrieval scoring")
+    _add_config_args(bench)
+    bench.add_argument("--model", default="fashionbert")
+    bench.add_argument("--out", type=Path, default=Path("results/bench.json"), help="JSON file to write")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
+    parser.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES)}")
+    if dataset:
+        parser.add_argument("--dataset", help="synth (default) or fashiongen")
+        parser.add_argument("--data-dir", help="directory holding fashiongen_256_256_{train,validation}.h5")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key",
+    )
+
+
+def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--experiment", default="kbench", help="MLflow experiment name")
+
+
+def resolve_config(opts: argparse.Namespace) -> Config:
+    """The profile with ``--dataset``, ``--data-dir`` and ``--set`` applied."""
+    overrides = list(opts.overrides)
+    if getattr(opts, "dataset", None):
+        overrides.insert(0, f"data.dataset={opts.dataset}")
+    if getattr(opts, "data_dir", None):
+        overrides.insert(0, f"data.data_dir={opts.data_dir}")
+    return load_config(opts.profile, overrides)
+
+
+def cmd_run(opts: argparse.Namespace) -> int:
+    from kbench.runner import run
+
+    print(run(opts))
+    return 0
+
+
+def cmd_table(opts: argparse.Namespace) -> int:
+    from kbench.tables import build_main
+    from kbench.tracking import tracking_uri
+
+    text = build_main(tracking_uri(opts.tracking_uri), opts.experiment, opts.format, opts.profile, opts.dataset)
+    if opts.output:
+        from kbench.paths import atomic_path
+
+        with atomic_path(opts.output) as tmp:
+            tmp.write_text(text)
+    print(text, end="")
+    return 0
+
+
+def cmd_ls(opts: argparse.Namespace) -> int:
+    if opts.what == "profiles":
+        for name in PROFILES:
+            print(f"{name:<8}  {profile_description(name)}")
+        return 0
+    registry = _registry(opts.what)
+    width = max(len(n) for n in registry.names())
+    for name in registry.names():
+        print(f"{name:<{width}}  {registry.describe(name)}")
+    return 0
+
+
+def _registry(what: str):
+    if what == "models":
+        from kbench.zoo import MODELS
+
+        return MODELS
+    if what == "tasks":
+        from kbench.tasks import TASKS
+
+        return TASKS
+    if what == "datasets":
+        from kbench.data import DATASETS
+
+        return DATASETS
+    if what == "protocols":
+        from kbench.protocols import PROTOCOLS
+
+        return PROTOCOLS
+    from kbench.encoders import ENCODERS
+
+    return ENCODERS
+
+
+def cmd_config(opts: argparse.Namespace) -> int:
+    cfg = resolve_config(opts)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(f"# config hash: {digest(cfg.to_dict())}")
+    return 0
+
+
+def cmd_data_synth(opts: argparse.Namespace) -> int:
+    from kbench.data.synth import generate
+
+    cfg = resolve_config(opts)
+    generate(opts.out, cfg.data.synth)
+    print(f"wrote SynthFashion to {opts.out}")
+    return 0
+
+
+def cmd_bench(opts: argparse.Namespace) -> int:
+    from kbench.bench import run_bench
+
+    print(run_bench(resolve_config(opts), opts.model, opts.out))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; user errors print one line and return 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    opts = build_parser().parse_args(argv)
+    try:
+        return opts.handler(opts)
+    except KbenchError as exc:
+        print(f"kbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kbench: interrupted", file=sys.stderr)
+        return 130

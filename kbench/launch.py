@@ -1,0 +1,120 @@
+"""Ray Tune scheduling: every trial spec is one Tune trial, on this machine or an existing Ray cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tempfile
+from typing import Any
+
+# Read by Ray at import time, so set first.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray >= 2.59 prints a token-auth notice otherwise
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints nothing; bars come from us
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import ray
+from ray import tune
+from rich.progress import Progress, TaskID
+
+from kbench.config import Config
+from kbench.errors import KbenchError
+from kbench.paths import cache_dir
+from kbench.progress import bar_columns
+from kbench.tracking import Tracking
+from kbench.trial import TrialSpec
+
+log = logging.getLogger(__name__)
+
+PROGRESS_KEYS = ("stage", "done", "total")
+
+
+def _trainable(config: dict[str, Any], base: Config, tasks: list[str], tracking: Tracking) -> None:
+    """The Tune trainable: runs one trial and reports its progress and final metrics to the driver."""
+    from transformers.utils import logging as hf_logging
+
+    from kbench import progress
+    from kbench.pipeline import run_trial
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    progress.set_sink(lambda stage, done, total: tune.report({"stage": stage, "done": done, "total": total}))
+    metrics = run_trial(TrialSpec(**config["spec"]), base, tasks, tracking)
+    tune.report({"stage": "finished", "done": 1, "total": 1, **metrics})
+
+
+def ray_temp_dir() -> str:
+    """A short directory for Ray's session files (its Unix socket paths must stay under 107 bytes)."""
+    root = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    return os.path.join(root, f"kbray-{os.getuid()}")
+
+
+def launch(
+    specs: list[TrialSpec],
+    base: Config,
+    tasks: list[str],
+    tracking: Tracking,
+    name: str,
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+) -> dict[str, dict[str, float]]:
+    """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    else:
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=True,
+            _temp_dir=ray_temp_dir(),
+        )
+    try:
+        resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
+        )
+        with Progress(*bar_columns(), transient=False) as bars:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={"spec": tune.grid_search([dataclasses.asdict(s) for s in specs])},
+                tune_config=tune.TuneConfig(trial_name_creator=lambda t: _label(t.config)),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(cache_dir("tune")),
+                    verbose=0,
+                    callbacks=[_ProgressCallback(bars)],
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+            results = tuner.fit()
+    finally:
+        ray.shutdown()
+    failed = [r for r in results if r.error]
+    if failed:
+        first = str(failed[0].error).strip().splitlines()
+        message = next((line for line in reversed(first) if line.strip()), "trial failed")
+        raise KbenchError(f"{len(failed)} of {len(specs)} trials failed; first: {message}")
+    return {_label(r.config): {k: v for k, v in r.metrics.items() if "/" in k} for r in results}
+
+
+def _label(config: dict[str, Any]) -> str:
+    return TrialSpec(**{**config["spec"], "overrides": tuple(config["spec"]["overrides"])}).label
+
+
+class _ProgressCallback(tune.Callback):
+    """Draws one bar per (trial, stage) from the progress the trials report."""
+
+    def __init__(self, bars: Progress) -> None:
+        self.bars = bars
+        self.tasks: dict[tuple[str, str], TaskID] = {}
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if result.get("stage") in (None, "finished"):
+            return
+        key = (trial.trial_id, result["stage"])
+        if key not in self.tasks:
+            self.tasks[key] = self.bars.add_task(f"{_label(trial.config)} {result['stage']}", total=result["total"])
+        self.bars.update(self.tasks[key], completed=result["done"], total=result["total"])

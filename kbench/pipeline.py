@@ -1,0 +1,91 @@
+"""One trial end to end: data, features, pre-training, the tasks, the sums, everything logged to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import yaml
+
+from kbench.config import Config
+from kbench.metrics import sum_cap, sum_cls, sum_r
+from kbench.pretraining import pretrained_model
+from kbench.tasks import TASKS, build_task
+from kbench.tracking import Tracking, TrialRun, flatten
+from kbench.trial import Trial, TrialSpec, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Tracking) -> dict[str, float]:
+    """Run ``spec`` through every stage and return its metrics (as logged: ``task/metric``)."""
+    seed_everything(spec.seed)
+    trial = Trial(spec, base)
+    cfg = trial.cfg
+    tags = {
+        "model": spec.model,
+        "variant": spec.variant,
+        "ablation": spec.variant.split(":")[0] if ":" in spec.variant else "none",
+        "seed": spec.seed,
+        "profile": cfg.profile,
+        "dataset": cfg.data.dataset,
+        "config_hash": trial.config_hash,
+        "tasks": ",".join(tasks),
+        "task_versions": ",".join(f"{t}=v{TASKS.get(t).version}" for t in tasks),
+    }
+    timings: dict[str, float] = {}
+    with TrialRun(tracking, spec.label, tags) as run:
+        run.log_params({**flatten(cfg.to_dict()), "model.name": spec.model, "seed": spec.seed})
+        run.log_text("config.yaml", yaml.safe_dump({"model": spec.model, "seed": spec.seed, **cfg.to_dict()}))
+        with timed(timings, "data"):
+            dataset = trial.dataset
+            run.set_tags({"data_fingerprint": dataset.fingerprint})
+        with timed(timings, "features"):
+            trial.data("train"), trial.data("test")
+        with timed(timings, "pretrain"):
+            model, history = pretrained_model(trial)
+        for epoch, values in enumerate(history, 1):
+            run.log_metrics({f"pretrain/{k}": v for k, v in values.items()}, step=epoch)
+        metrics: dict[str, float] = {}
+        for name in tasks:
+            task = build_task(name, cfg.tasks.get(name, {}))
+            with timed(timings, name):
+                result = task.run(trial, model)
+            metrics |= {f"{name}/{k}": v for k, v in result.metrics.items()}
+            run.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items()})
+            for filename, content in result.artifacts.items():
+                run.log_text(filename, content)
+            if task.card.kind == "retrieval":
+                run.set_tags({"protocol": f"{task.protocol.name} v{task.protocol.version}"})
+        metrics |= sums(metrics)
+        run.log_metrics({k: v for k, v in metrics.items() if k.startswith("sums/")})
+        run.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+    return metrics
+
+
+def sums(metrics: dict[str, float]) -> dict[str, float]:
+    """SumR, SumCLS and SumCAP exactly as the paper defines them, for the groups whose tasks all ran."""
+
+    def part(task: str, keys: tuple[str, ...]) -> dict[str, float] | None:
+        values = {k: metrics.get(f"{task}/{k}") for k in keys}
+        return None if None in values.values() else values
+
+    out = {}
+    recall = ("R1", "R5", "R10")
+    classification = ("acc", "macro_f")
+    if (itr := part("itr", recall)) and (tir := part("tir", recall)):
+        out["sums/SumR"] = sum_r(itr, tir)
+    if (cr := part("cr", classification)) and (sub := part("sub", classification)):
+        out["sums/SumCLS"] = sum_cls(cr, sub)
+    if fc := part("fc", ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")):
+        out["sums/SumCAP"] = sum_cap(fc)
+    return out
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - start

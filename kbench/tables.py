@@ -1,0 +1,197 @@
+"""The paper's tables rebuilt from MLflow runs alone, with the published numbers beside ours.
+
+One finished MLflow run is one cell source (a model, variant and seed); nothing here recomputes a metric.
+Several seeds of one model are shown as mean ± the half-width of a 95 % t-interval.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from scipy import stats
+from tabulate import tabulate
+
+from kbench.errors import KbenchError
+
+FORMATS = ("md", "latex", "csv")
+
+# Our zoo names -> the row names of the paper's tables.
+PAPER_ROWS = {
+    "fashionbert": "FashionBERT",
+    "kaleido": "Kaleido-BERT",
+    "vilbert": "ViLBERT",
+    "vlbert": "VL-BERT",
+    "imagebert": "ImageBERT",
+    "oscar": "OSCAR",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metric column: its header, our MLflow metric and the key of the published number."""
+
+    header: str
+    metric: str
+    paper: str
+
+    @property
+    def decimals(self) -> int:
+        return 3 if "macro_f" in self.metric else 2
+
+
+RETRIEVAL = (
+    Column("ITR R@1", "itr/R1", "ITR_R@1"),
+    Column("ITR R@5", "itr/R5", "ITR_R@5"),
+    Column("ITR R@10", "itr/R10", "ITR_R@10"),
+    Column("TIR R@1", "tir/R1", "TIR_R@1"),
+    Column("TIR R@5", "tir/R5", "TIR_R@5"),
+    Column("TIR R@10", "tir/R10", "TIR_R@10"),
+    Column("SumR", "sums/SumR", "SumR"),
+)
+CLASSIFICATION_CAPTIONING = (
+    Column("CR ACC", "cr/acc", "CR_ACC"),
+    Column("CR macro-F", "cr/macro_f", "CR_macroF"),
+    Column("SUB ACC", "sub/acc", "SUB_ACC"),
+    Column("SUB macro-F", "sub/macro_f", "SUB_macroF"),
+    Column("SumCLS", "sums/SumCLS", "SumCLS"),
+    Column("BLEU-4", "fc/BLEU-4", "BLEU-4"),
+    Column("METEOR", "fc/METEOR", "METEOR"),
+    Column("ROUGE-L", "fc/ROUGE-L", "ROUGE-L"),
+    Column("CIDEr", "fc/CIDEr", "CIDEr"),
+    Column("SumCAP", "sums/SumCAP", "SumCAP"),
+)
+MAIN_TABLES = (
+    ("Table 2: retrieval", RETRIEVAL, "table2_retrieval"),
+    (
+        "Table 3: category recognition and captioning",
+        CLASSIFICATION_CAPTIONING,
+        "table3_classification_captioning",
+    ),
+)
+
+
+@cache
+def published() -> dict:
+    """The paper's numbers (Tables 2-4), shipped with kbench."""
+    return json.loads(resources.files("kbench.published").joinpath("kaleido-bert-tables.json").read_text())
+
+
+def load_runs(uri: str, experiment: str) -> pd.DataFrame:
+    """The finished trial runs of ``experiment``, one row per run, newest first."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise KbenchError(f"no experiment {experiment!r} in tracking store {uri}")
+    runs = []
+    page = None
+    while True:
+        batch = client.search_runs(
+            [found.experiment_id], "attributes.status = 'FINISHED'", max_results=1000, page_token=page
+        )
+        runs += [r for r in batch if "kbench.model" in r.data.tags]
+        page = batch.token
+        if not page:
+            break
+    rows = [
+        {
+            "run_id": r.info.run_id,
+            "start_time": r.info.start_time,
+            **{k.removeprefix("kbench."): v for k, v in r.data.tags.items() if k.startswith("kbench.")},
+            **r.data.metrics,
+        }
+        for r in runs
+    ]
+    return pd.DataFrame(rows).sort_values("start_time", ascending=False) if rows else pd.DataFrame()
+
+
+def select(runs: pd.DataFrame, profile: str | None, dataset: str | None) -> tuple[pd.DataFrame, str, str]:
+    """Runs of one profile and dataset (default: those of the newest run), the newest per (model, variant, seed)."""
+    if runs.empty:
+        raise KbenchError("no finished kbench runs to tabulate; run `kbench run` first")
+    profile = profile or runs["profile"].iloc[0]
+    dataset = dataset or runs["dataset"].iloc[0]
+    chosen = runs[(runs["profile"] == profile) & (runs["dataset"] == dataset)]
+    if chosen.empty:
+        raise KbenchError(f"no finished runs with profile {profile!r} and dataset {dataset!r}")
+    return chosen.drop_duplicates(["model", "variant", "seed"]), profile, dataset
+
+
+def summarise(values: pd.Series) -> tuple[float, float | None, int]:
+    """Mean, 95 % t-interval half-width (None for one value) and count of the non-missing values."""
+    v = values.dropna().to_numpy(dtype=float)
+    if len(v) == 0:
+        return float("nan"), None, 0
+    if len(v) == 1:
+        return float(v[0]), None, 1
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(half), len(v)
+
+
+def main_tables(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Tables 2 and 3: for each of our models, the paper's row (when the paper has one) then ours."""
+    models = sorted(runs["model"].unique(), key=lambda m: (list(PAPER_ROWS).index(m) if m in PAPER_ROWS else 99, m))
+    out = []
+    for title, columns, key in MAIN_TABLES:
+        paper = published()[key]
+        rows = []
+        for model in models:
+            name = PAPER_ROWS.get(model)
+            if name in paper:
+                rows.append(
+                    {
+                        "model": name,
+                        "source": "paper",
+                        "seeds": "",
+                        **{c.header: _fmt(paper[name][c.paper], None, c) for c in columns},
+                    }
+                )
+            mine = runs[(runs["model"] == model) & (runs["variant"] == "default")]
+            cells = {c.header: _fmt(*summarise(mine.get(c.metric, pd.Series(dtype=float)))[:2], c) for c in columns}
+            rows.append({"model": model, "source": "kbench", "seeds": str(len(mine)), **cells})
+        out.append((title, pd.DataFrame(rows)))
+    return out
+
+
+def _fmt(value: float | None, half: float | None, column: Column) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "–"
+    text = f"{value:.{column.decimals}f}"
+    return text if half is None else f"{text} ± {half:.{column.decimals}f}"
+
+
+def render(tables: list[tuple[str, pd.DataFrame]], fmt: str, caption: str) -> str:
+    """Markdown, LaTeX (booktabs) or CSV text of ``tables``."""
+    if fmt == "csv":
+        merged = tables[0][1]
+        for _, frame in tables[1:]:
+            merged = merged.merge(frame, on=["model", "source", "seeds"], how="outer", sort=False)
+        return merged.to_csv(index=False)
+    parts = []
+    for title, frame in tables:
+        if fmt == "md":
+            parts.append(
+                f"### {title}\n{caption}\n\n" + tabulate(frame, headers="keys", tablefmt="github", showindex=False)
+            )
+        else:
+            body = tabulate(frame, headers="keys", tablefmt="latex_booktabs", showindex=False)
+            parts.append(f"% {title}. {caption}\n{body}")
+    return "\n\n".join(parts) + "\n"
+
+
+def build_main(uri: str, experiment: str, fmt: str, profile: str | None = None, dataset: str | None = None) -> str:
+    """``kbench table --main``: Tables 2 and 3 from the runs of ``experiment``."""
+    if fmt not in FORMATS:
+        raise KbenchError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset)
+    protocols = sorted({p for p in runs.get("protocol", pd.Series(dtype=str)).dropna().unique()})
+    caption = (
+        f"kbench: profile {profile}, dataset {dataset}, protocol {', '.join(protocols) or 'n/a'}; "
+        "mean ± 95% CI over seeds; paper: Kaleido-BERT (CVPR 2021)."
+    )
+    return render(main_tables(runs), fmt, caption)

@@ -1,0 +1,80 @@
+"""What every downstream task is: fine-tune a copy of the pre-trained model, then evaluate it on the test split."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from kbench.config import OptimConfig
+from kbench.tasks.card import TaskCard
+from kbench.training import StepFn, fit
+from kbench.trial import Trial
+from kbench.zoo import VLPreTrainedModel
+
+
+@dataclass
+class TaskResult:
+    """Corpus-level metrics (named as the card names them) and artifacts (file name -> JSON-able content)."""
+
+    metrics: dict[str, float]
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A downstream task built from its card and the profile's ``tasks.<name>`` overrides."""
+
+    options_cls: ClassVar[type]
+
+    def __init__(self, card: TaskCard, overrides: dict[str, Any]) -> None:
+        self.card = card
+        self.recipe, self.options = card.resolve(overrides, self.options_cls)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @abstractmethod
+    def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:
+        """Fine-tune (a copy of) ``pretrained`` as the card says and evaluate it."""
+
+    def train(
+        self,
+        trial: Trial,
+        module: nn.Module,
+        make_batch: Callable[[np.ndarray, np.random.Generator], dict[str, torch.Tensor]],
+        step: StepFn,
+        recipe: OptimConfig | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Fine-tune ``module`` for the recipe's epochs over shuffled training examples."""
+        recipe = recipe or self.recipe
+        n = len(trial.data("train"))
+        rng = np.random.default_rng(trial.spec.seed)
+        steps_per_epoch = max(1, n // recipe.batch_size)
+
+        def batches(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
+            order = rng.permutation(n)
+            for i in range(steps_per_epoch):
+                yield make_batch(order[i * recipe.batch_size : (i + 1) * recipe.batch_size], rng)
+
+        runtime = trial.cfg.runtime
+        fit(
+            module,
+            batches,
+            steps_per_epoch,
+            recipe,
+            step,
+            trial.device,
+            runtime.precision,
+            description or self.name,
+        )
+
+
+def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

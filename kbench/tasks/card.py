@@ -1,0 +1,55 @@
+"""Task cards: the declarative, versioned YAML description of each downstream task."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from kbench.config import OptimConfig, _build
+from kbench.errors import KbenchError
+
+
+@dataclass(frozen=True)
+class TaskCard:
+    """One task as its card states it; ``options`` are the keys its kind interprets."""
+
+    name: str
+    version: int
+    title: str
+    kind: str
+    description: str
+    finetune: dict[str, Any]
+    metrics: tuple[str, ...]
+    primary_metric: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def resolve(self, overrides: dict[str, Any], options_cls: type) -> tuple[OptimConfig, Any]:
+        """The fine-tuning recipe and the kind's options, with a profile's ``tasks.<name>`` overrides applied."""
+        overrides = dict(overrides)
+        finetune = {**self.finetune, **overrides.pop("finetune", {})}
+        recipe = _build(OptimConfig, finetune, f"tasks.{self.name}.finetune")
+        return recipe, _build(options_cls, {**self.options, **overrides}, f"tasks.{self.name}")
+
+
+_CARD_FIELDS = {f.name for f in dataclasses.fields(TaskCard)} - {"options"}
+
+
+def load_cards() -> dict[str, TaskCard]:
+    """Every card shipped in ``tasks/`` (installed as the ``kbench.cards`` package), by task name."""
+    cards = {}
+    for entry in sorted(resources.files("kbench.cards").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        data = yaml.safe_load(entry.read_text())
+        missing = _CARD_FIELDS - set(data)
+        if missing:
+            raise KbenchError(f"task card {entry.name}: missing {', '.join(sorted(missing))}")
+        options = {k: v for k, v in data.items() if k not in _CARD_FIELDS}
+        fixed = {k: data[k] for k in _CARD_FIELDS}
+        fixed["metrics"] = tuple(fixed["metrics"])
+        cards[data["name"]] = TaskCard(**fixed, options=options)
+    return cards

@@ -1,0 +1,103 @@
+"""CR and SUB: a linear head on the pooled [CLS] of (description, image), fine-tuned with the encoder."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from kbench.batches import ModelData, model_inputs
+from kbench.errors import KbenchError
+from kbench.metrics import classification_scores
+from kbench.progress import stage
+from kbench.tasks.base import Task, TaskResult
+from kbench.trial import Trial
+from kbench.zoo import VLPreTrainedModel
+
+LABEL_FIELDS = ("category", "subcategory")
+
+
+@dataclass
+class ClassificationOptions:
+    """The classification keys of a task card."""
+
+    label: str  # category (CR) or subcategory (SUB)
+
+
+class Classifier(nn.Module):
+    """The zoo model with dropout and a linear layer on its pooled output (the released run_cat.sh head)."""
+
+    def __init__(self, model: VLPreTrainedModel, num_labels: int) -> None:
+        super().__init__()
+        self.model = model
+        self.dropout = nn.Dropout(0.1)
+        self.head = nn.Linear(model.config.hidden_size, num_labels)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.model.pooled_output(**inputs)))
+
+
+class ClassificationTask(Task):
+    """Category or sub-category recognition over the training label space."""
+
+    options_cls = ClassificationOptions
+
+    def __init__(self, card, overrides) -> None:
+        super().__init__(card, overrides)
+        if self.options.label not in LABEL_FIELDS:
+            raise KbenchError(f"tasks.{self.name}.label must be one of {', '.join(LABEL_FIELDS)}")
+
+    def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:
+        labels = trial.dataset.categories if self.options.label == "category" else trial.dataset.subcategories
+        code = {name: i for i, name in enumerate(labels)}
+        train, test = trial.data("train"), trial.data("test")
+        y_train = torch.from_numpy(self.codes(train, code))
+        classifier = Classifier(copy.deepcopy(pretrained), len(labels)).to(trial.device)
+
+        def make_batch(positions: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+            batch = model_inputs(train.inputs(positions, positions), trial.device)
+            batch["labels"] = y_train[positions].to(trial.device)
+            return batch
+
+        def step(batch: dict[str, torch.Tensor]):
+            target = batch.pop("labels")
+            logits = classifier(**batch).float()
+            loss = nn.functional.cross_entropy(logits, target)
+            return loss, {"loss": loss, "acc": (logits.argmax(-1) == target).float().mean()}
+
+        self.train(trial, classifier, make_batch, step)
+        y_true, y_pred = self.codes(test, code), self.predict(trial, classifier, test)
+        scores = classification_scores(y_true, y_pred, labels=list(range(len(labels))))
+        unseen = int((y_true < 0).sum())
+        names = [*labels, "(unseen in training)"] if unseen else labels  # code -1 indexes the last name
+        matrix = pd.crosstab(
+            pd.Categorical([names[i] for i in y_true], categories=names),
+            pd.Categorical([names[i] for i in y_pred], categories=names),
+            rownames=["true"],
+            colnames=["predicted"],
+            dropna=False,
+        )
+        return TaskResult(scores, {f"confusion_{self.name}.csv": matrix.to_csv()})
+
+    def codes(self, data: ModelData, code: dict[str, int]) -> np.ndarray:
+        """Label index of each example; -1 for labels unseen in training (always counted as errors)."""
+        return np.asarray([code.get(v, -1) for v in data.split.meta[self.options.label]], dtype=np.int64)
+
+    @torch.inference_mode()
+    def predict(self, trial: Trial, classifier: Classifier, test: ModelData) -> np.ndarray:
+        classifier.eval()
+        size = trial.cfg.runtime.eval_batch_size
+        out = []
+        with stage(f"{self.name} predict", len(test)) as advance:
+            for start in range(0, len(test), size):
+                positions = np.arange(start, min(start + size, len(test)))
+                logits = classifier(**model_inputs(test.inputs(positions, positions), trial.device))
+                out.append(logits.argmax(-1).cpu().numpy())
+                advance(len(positions))
+        return np.concatenate(out)

@@ -1,0 +1,117 @@
+"""ITR and TIR: fine-tune the ITM head, then rank each query's candidate list by the class-1 ITM logit."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from kbench.batches import ModelData, NegativeSampler, model_inputs
+from kbench.config import digest
+from kbench.errors import KbenchError
+from kbench.metrics import rank_at_k
+from kbench.progress import stage
+from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists
+from kbench.tasks.base import Task, TaskResult
+from kbench.trial import Trial
+from kbench.zoo import VLPreTrainedModel
+
+KS = (1, 5, 10)
+
+
+@dataclass
+class RetrievalOptions:
+    """The retrieval keys of a task card."""
+
+    query: str  # image (ITR) or text (TIR)
+    negatives: str = "same-subcategory"  # or "random": where fine-tuning mismatches come from
+    negative_rate: float = 0.5
+    protocol: str = "fashionbert-101"
+    queries: int = 1000
+    protocol_seed: int = 0
+    ties: str = "pessimistic"
+    score_pretrained: bool = True
+
+
+class RetrievalTask(Task):
+    """Cross-modal retrieval scored by the model's image-text matching head."""
+
+    options_cls = RetrievalOptions
+
+    def __init__(self, card, overrides) -> None:
+        super().__init__(card, overrides)
+        if self.options.query not in (IMAGE_QUERY, TEXT_QUERY):
+            raise KbenchError(f"tasks.{self.name}.query must be image or text, not {self.options.query!r}")
+        if self.options.negatives not in ("same-subcategory", "random"):
+            raise KbenchError(f"tasks.{self.name}.negatives must be same-subcategory or random")
+        self.protocol = PROTOCOLS.get(self.options.protocol)()
+
+    def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:
+        test = trial.data("test")
+        lists = self.protocol.lists(test.split, self.options.query, self.options.queries, self.options.protocol_seed)
+        metrics = {}
+        if self.options.score_pretrained:
+            scores = self.score(trial, pretrained, test, lists, f"{self.name} score (pre-trained)")
+            metrics |= {f"pretrained_{k}": v for k, v in self.rank(scores, lists).items()}
+        recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
+        model = trial.finetuned(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
+        metrics |= self.rank(self.score(trial, model, test, lists, f"{self.name} score"), lists)
+        return TaskResult(metrics, {f"candidates_{self.name}.json": lists.to_json()})
+
+    def finetune(self, trial: Trial, pretrained: VLPreTrainedModel) -> VLPreTrainedModel:
+        """ITM fine-tuning on matched pairs and mismatches (hard ones: same sub-category) of the train split."""
+        model = copy.deepcopy(pretrained)
+        train = trial.data("train")
+        meta = train.split.meta
+        groups = meta["subcategory"].astype("category").cat.codes.to_numpy()
+        sampler = NegativeSampler(
+            meta["product_id"].to_numpy(), groups if self.options.negatives == "same-subcategory" else None
+        )
+
+        def make_batch(images: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+            texts, labels = sampler.sample(images, self.options.negative_rate, rng)
+            batch = model_inputs(train.inputs(images, texts), trial.device)
+            batch["labels"] = torch.from_numpy(labels).to(trial.device)
+            return batch
+
+        def step(batch: dict[str, torch.Tensor]):
+            labels = batch.pop("labels")
+            logits = model.itm_logits(**batch).float()
+            loss = torch.nn.functional.cross_entropy(logits, labels)
+            return loss, {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
+
+        self.train(trial, model, make_batch, step, description="fine-tune ITM (ITR, TIR)")
+        return model
+
+    @torch.inference_mode()
+    def score(
+        self, trial: Trial, model: VLPreTrainedModel, test: ModelData, lists: CandidateLists, description: str
+    ) -> np.ndarray:
+        """(queries, candidates) raw class-1 ITM logits, the score the released evaluation ranked by."""
+        position = {int(r): i for i, r in enumerate(test.split.meta["row"].to_numpy())}
+        query = np.asarray([position[r] for r in lists.query_rows])
+        candidates = np.asarray([[position[r] for r in row] for row in lists.candidate_rows])
+        n_queries, n_candidates = candidates.shape
+        queries_flat = np.repeat(query, n_candidates)
+        candidates_flat = candidates.reshape(-1)
+        images, texts = (
+            (queries_flat, candidates_flat) if self.options.query == IMAGE_QUERY else (candidates_flat, queries_flat)
+        )
+        out = np.empty(len(images), dtype=np.float32)
+        size = trial.cfg.runtime.eval_batch_size
+        model.eval()
+        with stage(description, len(images)) as advance:
+            for start in range(0, len(images), size):
+                part = slice(start, start + size)
+                batch = model_inputs(test.inputs(images[part], texts[part]), trial.device)
+                out[part] = model.itm_logits(**batch)[:, 1].float().cpu().numpy()
+                advance(len(out[part]))
+        return out.reshape(n_queries, n_candidates)
+
+    def rank(self, scores: np.ndarray, lists: CandidateLists) -> dict[str, float]:
+        positive = np.full(len(scores), lists.positive)
+        ranks = rank_at_k(scores, positive, ks=KS, ties=self.options.ties)
+        return {f"R{k}": ranks[f"R@{k}"] for k in KS}

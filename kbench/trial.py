@@ -1,0 +1,130 @@
+"""One trial: one (model, variant, seed) going through the whole data flow, and what its stages share."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import torch
+
+from kbench.batches import ModelData
+from kbench.config import Config, apply_override, digest
+from kbench.data import DatasetSplits, load_dataset
+from kbench.features import load_features
+from kbench.patches import PatchScheme, get_scheme
+from kbench.text import load_tokenizer, tokenize
+from kbench.training import resolve_device
+from kbench.zoo import MODELS, VLPreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What distinguishes one trial: the zoo entry, its variant (a named set of overrides) and the seed."""
+
+    model: str
+    seed: int
+    variant: str = "default"
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        variant = "" if self.variant == "default" else f"/{self.variant}"
+        return f"{self.model}{variant}/seed{self.seed}"
+
+
+def trial_config(base: Config, spec: TrialSpec) -> Config:
+    """The base config with the variant's overrides applied."""
+    cfg = copy.deepcopy(base)
+    for item in spec.overrides:
+        apply_override(cfg, item)
+    return cfg
+
+
+def model_options(cfg: Config, model: str) -> dict[str, Any]:
+    """Keyword arguments of the zoo entry's config class: shared sizes plus ``models.<model>`` options."""
+    sizes = dataclasses.asdict(cfg.model)
+    sizes.pop("init_from")
+    return {**sizes, **cfg.models.get(model, {})}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trial:
+    """The state one trial's stages share: resolved config, data, tokenizer, features, device."""
+
+    def __init__(self, spec: TrialSpec, base: Config) -> None:
+        self.spec = spec
+        self.cfg = trial_config(base, spec)
+        self.device = resolve_device(self.cfg.runtime.device)
+        self.model_cls = MODELS.get(spec.model)
+        self._data: dict[str, ModelData] = {}
+        self._finetuned: dict[str, VLPreTrainedModel] = {}
+
+    @cached_property
+    def config_hash(self) -> str:
+        """Hash of everything the trial's results depend on."""
+        return digest(self.cfg.to_dict(), self.spec.model, self.spec.seed)
+
+    @cached_property
+    def dataset(self) -> DatasetSplits:
+        return load_dataset(self.cfg.data)
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.cfg.data.tokenizer)
+
+    @cached_property
+    def scheme(self) -> PatchScheme:
+        """The entry's patch scheme: its ``patch_scheme`` option, else its config class's default."""
+        name = self.cfg.models.get(self.spec.model, {}).get("patch_scheme")
+        return get_scheme(name or self.model_cls.config_class().patch_scheme)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The zoo config's arguments: sizes, options, and what the data fixes (vocabulary, feature size)."""
+        kwargs = model_options(self.cfg, self.spec.model)
+        kwargs["patch_scheme"] = self.scheme.name
+        kwargs["vocab_size"] = len(self.tokenizer)
+        kwargs["visual_feature_size"] = self.data("train").features.dim
+        return kwargs
+
+    def data(self, split: str) -> ModelData:
+        """The model-ready train, dev or test split (tokenised and encoded once per trial)."""
+        if split not in self._data:
+            part = getattr(self.dataset, split)
+            text = tokenize(self.tokenizer, list(part.meta["description"]), self.cfg.data.max_text_len)
+            features = load_features(part, self.scheme, self.cfg.features, self.device)
+            self._data[split] = ModelData(part, text, features)
+        return self._data[split]
+
+    def pretrain_key(self) -> str:
+        """Hash of what the pre-trained checkpoint depends on (shared by trials that agree on it)."""
+        c = self.cfg
+        return digest(
+            self.spec.model,
+            self.spec.seed,
+            self.dataset.fingerprint,
+            dataclasses.asdict(c.data),
+            dataclasses.asdict(c.features),
+            model_options(c, self.spec.model),
+            c.model.init_from,
+            dataclasses.asdict(c.pretrain),
+        )
+
+    def finetuned(self, key: str, make: Callable[[], VLPreTrainedModel]) -> VLPreTrainedModel:
+        """A fine-tuned model shared by tasks with the same recipe (ITR and TIR fine-tune ITM once)."""
+        if key not in self._finetuned:
+            self._finetuned[key] = make()
+        return self._finetuned[key]
