@@ -6,6 +6,7 @@ ResNet ``AvgPool`` features of Kaleido-BERT and FashionBERT are.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ class PatchEncoder(nn.Module):
     """Base of the frozen encoders: ``out_dim`` features per crop."""
 
     out_dim: int
+    requires_weights = False  # True: meaningless without a weights file (random weights serve timing only)
 
     def weights_id(self) -> str:
         """What identifies the weights in cache keys."""
@@ -92,10 +94,10 @@ class Bottleneck(nn.Module):
 class ResNet50(PatchEncoder):
     """ResNet-50 with torchvision's parameter names; loads the ImageNet weights file the user gives (2048-d)."""
 
+    requires_weights = True
+
     def __init__(self, weights: str | None = None) -> None:
         super().__init__()
-        if not weights:
-            raise KbenchError("the resnet50 encoder needs features.weights: a torchvision resnet50 state dict file")
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -108,8 +110,9 @@ class ResNet50(PatchEncoder):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(2048, 1000)
         self.out_dim = 2048
-        self.weights = str(weights)
-        self._load(Path(weights))
+        self.weights_digest = "random"
+        if weights:
+            self._load(Path(weights))
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
@@ -125,6 +128,7 @@ class ResNet50(PatchEncoder):
     def _load(self, path: Path) -> None:
         if not path.is_file():
             raise KbenchError(f"resnet50 weights file {path} does not exist")
+        self.weights_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
@@ -134,11 +138,11 @@ class ResNet50(PatchEncoder):
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as exc:  # torch raises several types for a file that is not a state dict
                 raise KbenchError(f"cannot read resnet50 weights {path}: {exc}") from None
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise KbenchError(
-                f"{path} is not a torchvision resnet50 state dict (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as exc:  # missing, unexpected or mis-shaped parameters
+            detail = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+            raise KbenchError(f"{path} is not a torchvision resnet50 state dict: {detail}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -146,11 +150,14 @@ class ResNet50(PatchEncoder):
         return torch.flatten(self.avgpool(x), 1)
 
     def weights_id(self) -> str:
-        return self.weights
+        return self.weights_digest
 
 
 def build_encoder(name: str, weights: str | None) -> PatchEncoder:
     """The frozen encoder ``name`` in eval mode, without gradients."""
-    encoder = ENCODERS.get(name)(weights=weights)
+    encoder_cls = ENCODERS.get(name)
+    if encoder_cls.requires_weights and not weights:
+        raise KbenchError(f"the {name} encoder needs features.weights: a torchvision {name} state dict file")
+    encoder = encoder_cls(weights=weights)
     encoder.eval().requires_grad_(False)
     return encoder

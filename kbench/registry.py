@@ -37,9 +37,10 @@ class Registry(Generic[T]):
         def add(obj: object) -> object:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
-            if not isinstance(obj, str):
+            lazy = isinstance(obj, str)
+            if not lazy:
                 self._check_base(name, obj)
-            doc = description or _first_line(getattr(obj, "__doc__", None))
+            doc = description or ("" if lazy else _first_line(obj.__doc__))
             self._entries[name] = _Entry(obj, doc)
             return obj
 

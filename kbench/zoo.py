@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from transformers import BertConfig, BertModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredictionHead
 from transformers.utils import ModelOutput
 
 from kbench.errors import KbenchError
@@ -42,6 +45,15 @@ class VLPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     collator: ClassVar[type]  # builds pre-training batches for this entry
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """BERT's initialisation, including the buffers ``from_pretrained`` leaves to it."""
+        super()._init_weights(module)
+        if isinstance(module, BertLMPredictionHead):
+            init.zeros_(module.bias)
+        elif isinstance(module, BertEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.zeros_(module.token_type_ids)
 
     def pooled_output(self, **inputs: torch.Tensor) -> torch.Tensor:
         """(B, H) joint representation ([CLS] after the pooler), fed to classification heads."""

@@ -1,0 +1,94 @@
+"""Profiles, --set overrides and their errors, config hashes, and the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from kbench.config import PROFILES, apply_override, digest, load_config
+from kbench.errors import KbenchError
+from kbench.registry import Registry
+
+
+def test_profiles_load_and_differ() -> None:
+    configs = {name: load_config(name) for name in PROFILES}
+    assert configs["default"].model.hidden_size == 256
+    assert configs["smoke"].model.hidden_size == 64
+    assert configs["paper"].model.hidden_size == 768 and configs["paper"].model.num_hidden_layers == 12
+    assert configs["paper"].data.max_text_len == 64 and configs["paper"].pretrain.batch_size == 256
+    assert len({digest(c.to_dict()) for c in configs.values()}) == 3
+
+
+@pytest.mark.parametrize(
+    ("item", "path", "expected"),
+    [
+        ("pretrain.lr=1e-4", ("pretrain", "lr"), 1e-4),
+        ("pretrain.epochs=2", ("pretrain", "epochs"), 2.0),
+        ("model.init_from=/some/bert", ("model", "init_from"), "/some/bert"),
+        ("model.init_from=null", ("model", "init_from"), None),
+        ("data.synth.products_train=50", ("data", "synth", "products_train"), 50),
+        ("runtime.device=cpu", ("runtime", "device"), "cpu"),
+    ],
+)
+def test_overrides_are_typed(item: str, path: tuple[str, ...], expected: object) -> None:
+    cfg = load_config("default", [item])
+    node = cfg
+    for name in path:
+        node = getattr(node, name)
+    assert node == expected and type(node) is type(expected)
+
+
+def test_open_sections_take_any_key() -> None:
+    cfg = load_config("smoke", ["models.fashionbert.adaptive_loss=true", "tasks.itr.queries=7"])
+    assert cfg.models["fashionbert"]["adaptive_loss"] is True
+    assert cfg.tasks["itr"]["queries"] == 7 and cfg.tasks["itr"]["finetune"]["epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("pretrain.lrr=1", "unknown config key 'pretrain.lrr'; did you mean lr?"),
+        ("pretrain.lr", "malformed --set 'pretrain.lr': expected key=value"),
+        ("=3", "malformed --set '=3'"),
+        ("pretrain.epochs=many", "bad value 'many' for pretrain.epochs: expected float"),
+        ("pretrain.batch_size=2.5", "bad value 2.5 for pretrain.batch_size: expected int"),
+        ("pretrain.batch_size=true", "bad value True for pretrain.batch_size: expected int"),
+        ("pretrain.lr.x=1", "pretrain.lr is a value, not a section"),
+        ("nosuch=1", "unknown config key 'nosuch'"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(item: str, message: str) -> None:
+    with pytest.raises(KbenchError) as err:
+        load_config("default", [item])
+    assert message in str(err.value)
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(KbenchError, match="unknown profile 'smok'; did you mean smoke?"):
+        load_config("smok")
+
+
+def test_override_changes_hash() -> None:
+    cfg = load_config("default")
+    before = digest(cfg.to_dict())
+    apply_override(cfg, "pretrain.lr=3e-4")
+    assert digest(cfg.to_dict()) != before
+    assert digest(load_config("default").to_dict()) == before
+
+
+def test_registry() -> None:
+    reg: Registry[type[Exception]] = Registry("widget", base=Exception)
+
+    @reg.register("alpha")
+    class Alpha(Exception):
+        """Alpha widget: the first."""
+
+    reg.register("lazy", "kbench.errors:KbenchError")
+    assert reg.get("alpha") is Alpha and reg.describe("alpha") == "Alpha widget: the first."
+    assert reg.get("lazy") is KbenchError and reg.names() == ["alpha", "lazy"]
+    assert reg.describe("lazy").startswith("A problem with the user's input")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("alpha", Alpha)
+    with pytest.raises(TypeError, match="must be a Exception"):
+        reg.register("bad", int)
+    with pytest.raises(KbenchError, match="unknown widget 'alpah'; did you mean alpha?"):
+        reg.get("alpah")

@@ -1,0 +1,161 @@
+"""The FashionBERT-style zoo entry: shapes, objectives, collator invariants, save/load, BERT initialisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertModel
+
+from baselines.fashionbert import FashionBertCollator, FashionBertConfig, FashionBertForPreTraining
+from kbench.errors import KbenchError
+from kbench.losses import adaptive_weights, feature_kl
+from kbench.masking import apply_token_mask, choose_tokens
+from kbench.text import bundled_checkpoint
+from kbench.zoo import MODELS, build_model, check_options
+
+SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+B, T, K, D = 6, 12, 16, 24
+
+
+def tiny_model(**options) -> FashionBertForPreTraining:  # noqa: ANN003
+    torch.manual_seed(0)
+    return build_model(
+        "fashionbert", None, vocab_size=200, visual_feature_size=D, patch_scheme="grid-4", **SIZES, **options
+    )
+
+
+def raw_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[:, 9:] = 0
+    word_ids = torch.arange(T).expand(B, T).clone() - 1
+    word_ids[:, 8:] = -1  # [CLS] ... [SEP] then padding
+    return {
+        "input_ids": torch.randint(5, 200, (B, T), generator=g),
+        "attention_mask": mask,
+        "word_ids": word_ids,
+        "patch_features": torch.rand(B, K, D, generator=g) * 3,
+        "patch_locations": torch.rand(B, K, 5, generator=g),
+        "itm_labels": torch.tensor([1, 1, 0, 1, 0, 1]),
+    }
+
+
+def test_registered_with_options() -> None:
+    assert MODELS.get("fashionbert") is FashionBertForPreTraining
+    check_options("fashionbert", {"adaptive_loss": True, "hidden_size": 8})
+    with pytest.raises(KbenchError, match="has no option 'adaptive'; did you mean adaptive_loss"):
+        check_options("fashionbert", {"adaptive": True})
+
+
+def test_collator_masks_matched_pairs_only() -> None:
+    model = tiny_model()
+    batch = FashionBertCollator(model.config, mask_token_id=3)(raw_batch(), torch.Generator().manual_seed(1))
+    matched = batch["itm_labels"].bool()
+    labelled = batch["mlm_labels"] != -100
+    assert labelled[matched].any(dim=1).all(), "every matched pair masks at least one token"
+    assert not labelled[~matched].any() and not batch["patch_mask"][~matched].any()
+    assert not labelled[:, 0].any() and not labelled[:, 8:].any(), "never [CLS], [SEP] or padding"
+    assert batch["patch_mask"][matched].any(dim=1).all()
+    zeroed = batch["patch_features"][batch["patch_mask"]]
+    assert torch.equal(zeroed, torch.zeros_like(zeroed))
+    kept = ~batch["patch_mask"]
+    assert torch.equal(batch["patch_features"][kept], batch["patch_targets"][kept])
+
+
+def test_token_masking_is_80_10_10() -> None:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 1000, (400, 50), generator=g)
+    chosen = choose_tokens(torch.ones_like(ids, dtype=torch.bool), 0.15, g)
+    corrupted, labels = apply_token_mask(ids, chosen, mask_token_id=3, vocab_size=1000, generator=g)
+    n = chosen.sum().item()
+    assert abs(n / ids.numel() - 0.15) < 0.01
+    assert torch.equal(labels[chosen], ids[chosen]) and (labels[~chosen] == -100).all()
+    assert torch.equal(corrupted[~chosen], ids[~chosen])
+    masked = (corrupted[chosen] == 3).float().mean().item()
+    kept = (corrupted[chosen] == ids[chosen]).float().mean().item()
+    assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.02  # random tokens make up the rest
+
+
+def test_forward_shapes_and_losses() -> None:
+    model = tiny_model()
+    batch = FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1))
+    out = model(**batch)
+    assert set(out.losses) == {"mlm_loss", "itm_loss", "mpfc_loss"} and set(out.accuracies) == {"mlm_acc", "itm_acc"}
+    assert torch.isfinite(out.loss) and torch.allclose(out.loss, sum(out.losses.values()))
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "patch_features", "patch_locations")}
+    assert model.itm_logits(**inputs).shape == (B, 2)
+    assert model.pooled_output(**inputs).shape == (B, 32)
+    assert model.mlm_logits(**inputs).shape == (B, T, 200)
+    where = torch.zeros(B, T, dtype=torch.bool)
+    where[:, 2] = True
+    assert model.mlm_logits(where=where, **inputs).shape == (B, 200)
+
+
+def test_every_loss_decreases_on_a_tiny_batch() -> None:
+    model = tiny_model()
+    batch = FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = {k: v.item() for k, v in model(**batch).losses.items()}
+    for _ in range(40):
+        out = model(**batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    for name in first:
+        assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
+
+
+def test_adaptive_loss_weights() -> None:
+    losses = torch.tensor([2.0, 0.7, 0.1])
+    w = adaptive_weights(losses)
+    g = torch.softmax(losses, 0) ** 2
+    k = 3.0
+    expected = torch.stack([(k - g[1]) * (k - g[2]), (k - g[2]) * (k - g[0]), (k - g[0]) * (k - g[1])])
+    torch.testing.assert_close(w, expected / expected.sum())
+    assert abs(w.sum().item() - 1) < 1e-6 and w.argmax() == 0  # the largest loss gets the largest weight
+    model = tiny_model(adaptive_loss=True)
+    out = model(**FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(
+        out.loss,
+        (adaptive_weights(torch.stack(list(out.losses.values()))) * torch.stack(list(out.losses.values()))).sum(),
+    )
+
+
+def test_feature_kl_matches_the_direct_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(5, 7, generator=g), torch.rand(5, 7, generator=g) * 4
+    p, q = torch.softmax(target, -1), torch.softmax(pred, -1)
+    direct = sum(sum(p[i, j] * torch.log(p[i, j] / q[i, j]) for j in range(7)) for i in range(5)) / 5
+    torch.testing.assert_close(feature_kl(pred, target), direct)
+    assert feature_kl(target, target).abs() < 1e-6
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+    loaded = FashionBertForPreTraining.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.config, FashionBertConfig) and loaded.config.patch_scheme == "grid-4"
+    inputs = {
+        k: v
+        for k, v in raw_batch().items()
+        if k in ("input_ids", "attention_mask", "patch_features", "patch_locations")
+    }
+    torch.testing.assert_close(loaded.itm_logits(**inputs), model.itm_logits(**inputs))
+    assert loaded.mlm_head.predictions.decoder.weight is loaded.vl.embeddings.word_embeddings.weight
+
+
+def test_initialised_from_the_bundled_bert_checkpoint() -> None:
+    path = str(bundled_checkpoint())
+    model = build_model("fashionbert", path, visual_feature_size=D, hidden_size=999)
+    bert = BertModel.from_pretrained(path)
+    assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6  # the checkpoint decides
+    for name, tensor in bert.state_dict().items():
+        ours = model.vl.state_dict()[name]
+        assert torch.equal(ours, tensor), name
+    assert model.mlm_head.predictions.decoder.weight is model.vl.embeddings.word_embeddings.weight
+    with pytest.raises(KbenchError, match="cannot load BERT checkpoint directory"):
+        build_model("fashionbert", str(Path(path).parent), visual_feature_size=D)

@@ -1,0 +1,103 @@
+"""Patch geometry, and the feature store: batched extraction equals crop-by-crop encoding, cached once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kbench.config import DataConfig, FeatureConfig
+from kbench.data.fashiongen import read_splits
+from kbench.encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ResNet50, SmallCNN, build_encoder
+from kbench.errors import KbenchError
+from kbench.features import load_features, store_path
+from kbench.patches import KALEIDO, get_scheme, locations
+
+
+def test_kaleido_has_55_row_major_cells_with_integer_bounds() -> None:
+    boxes = KALEIDO.boxes((0, 0, 256, 256))
+    assert KALEIDO.num_patches == 55 and boxes.shape == (55, 4) and boxes.dtype == np.int64
+    assert [s.stop - s.start for s in KALEIDO.level_slices()] == [1, 4, 9, 16, 25]
+    np.testing.assert_array_equal(boxes[0], [0, 0, 256, 256])
+    level3 = boxes[KALEIDO.level_slices()[2]]
+    # row-major: x varies fastest; integer division: 256 // 3 = 85, 2*256 // 3 = 170
+    np.testing.assert_array_equal(level3[:3], [[0, 0, 85, 85], [85, 0, 170, 85], [170, 0, 256, 85]])
+    np.testing.assert_array_equal(level3[3], [0, 85, 85, 170])
+    for level, n in zip(KALEIDO.level_slices(), KALEIDO.levels, strict=True):
+        cells = boxes[level]
+        area = ((cells[:, 2] - cells[:, 0]) * (cells[:, 3] - cells[:, 1])).sum()
+        assert area == 256 * 256, f"level {n} cells must tile the box exactly"
+
+
+def test_grid_on_an_offset_box() -> None:
+    grid = get_scheme("grid-8")
+    boxes = grid.boxes((10, 20, 110, 220))
+    assert grid.num_patches == 64
+    np.testing.assert_array_equal(boxes[0], [10, 20, 22, 45])  # 100 // 8 = 12, 200 // 8 = 25
+    np.testing.assert_array_equal(boxes[-1], [97, 195, 110, 220])
+    with pytest.raises(KbenchError, match="unknown patch scheme 'grid-x'"):
+        get_scheme("grid-x")
+
+
+def test_locations_are_normalised_to_the_image() -> None:
+    loc = locations(np.array([[0, 0, 128, 64], [64, 128, 256, 256]]), width=256, height=256)
+    np.testing.assert_allclose(loc[0], [0.0, 0.5, 0.0, 0.25, 0.125])
+    np.testing.assert_allclose(loc[1], [0.25, 1.0, 0.5, 1.0, 0.375])
+    assert loc.min() >= 0 and loc.max() <= 1
+
+
+def test_small_cnn_is_seeded_and_non_negative() -> None:
+    x = torch.randn(4, 3, 32, 32)
+    a, b = SmallCNN().eval(), SmallCNN().eval()
+    torch.testing.assert_close(a(x), b(x))
+    assert a(x).shape == (4, 128) and (a(x) >= 0).all()
+    assert not torch.equal(SmallCNN(seed=1)(x), a(x))
+
+
+def test_resnet50_has_torchvision_names_and_loads_a_state_dict(tmp_path: Path) -> None:
+    reference = ResNet50()
+    names = set(reference.state_dict())
+    assert {
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer4.2.conv3.weight",
+        "layer1.0.downsample.1.weight",
+        "fc.bias",
+    } <= names
+    assert sum(p.numel() for p in reference.parameters()) == 25_557_032  # torchvision's resnet50
+    path = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    loaded = ResNet50(str(path))
+    torch.testing.assert_close(loaded.layer3[1].conv2.weight, reference.layer3[1].conv2.weight)
+    torch.save({"conv1.weight": torch.zeros(1)}, path)
+    with pytest.raises(KbenchError, match="not a torchvision resnet50 state dict"):
+        ResNet50(str(path))
+    with pytest.raises(KbenchError, match="needs features.weights"):
+        build_encoder("resnet50", None)
+    assert ENCODERS.names() == ["resnet50", "small-cnn"]
+
+
+def test_store_matches_crop_by_crop_encoding_and_is_cached(tiny_fashiongen: Path) -> None:
+    data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
+    scheme, cfg = get_scheme("grid-4"), FeatureConfig(batch_size=5)
+    feats = load_features(data.test, scheme, cfg, torch.device("cpu"))
+    path = store_path(data.test, scheme, cfg, "seed0")
+    assert path.exists() and len(feats) == len(data.test)
+    stamp = path.stat().st_mtime_ns
+    load_features(data.test, scheme, cfg, torch.device("cpu"))
+    assert path.stat().st_mtime_ns == stamp, "a second load must reuse the store"
+
+    encoder = SmallCNN().eval()
+    positions = np.array([3, 0])
+    image = torch.from_numpy(data.test.read_images(positions)).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    expected = []
+    for x1, y1, x2, y2 in scheme.boxes((0, 0, 256, 256)).tolist():
+        crop = F.interpolate(image[:, :, y1:y2, x1:x2], size=(32, 32), mode="bilinear", antialias=True)
+        expected.append(encoder((crop - mean) / std))
+    got, locs = feats.batch(positions)
+    torch.testing.assert_close(got, torch.stack(expected, 1).half().float(), atol=1e-3, rtol=1e-3)  # float16 store
+    assert locs.shape == (2, 16, 5)
