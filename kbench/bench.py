@@ -65,7 +65,7 @@ def run_bench(cfg: Config, model_name: str, out: Path) -> str:
     return f"{table}\n\n({cfg.profile} profile on {device}; written to {out})"
 
 
-def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:  # noqa: ANN001
+def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:
     images = torch.randint(0, 256, (cfg.features.batch_size, 256, 256, 3), dtype=torch.uint8, device=device)
     boxes = scheme.boxes((0, 0, 256, 256))
     seconds = _time(lambda: encode_patches(images, boxes, encoder, cfg.features.crop_size), device)
@@ -78,7 +78,7 @@ def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:  # n
     )
 
 
-def pretraining(cfg: Config, model, batch: dict, device: torch.device) -> dict:  # noqa: ANN001
+def pretraining(cfg: Config, model, batch: dict, device: torch.device) -> dict:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     collate = model.collator(model.config, 103)
     generator = torch.Generator().manual_seed(0)
@@ -114,7 +114,7 @@ def bare_bert(cfg: Config, seq_len: int, device: torch.device) -> dict:
     return _row("bare transformers BertModel step", f"{n} x {seq_len} tokens", n / seconds, "samples/s", device)
 
 
-def scoring(cfg: Config, model, device: torch.device, patches: int, dim: int) -> dict:  # noqa: ANN001
+def scoring(cfg: Config, model, device: torch.device, patches: int, dim: int) -> dict:
     n = cfg.runtime.eval_batch_size
     batch = _random_batch(n, cfg.data.max_text_len, patches, dim, device)
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "patch_features", "patch_locations")}

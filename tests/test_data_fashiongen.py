@@ -12,7 +12,7 @@ import pytest
 from kbench.config import DataConfig
 from kbench.data import load_dataset
 from kbench.data.fashiongen import read_splits
-from kbench.data.layout import IMAGE_KEY, PRODUCT_KEY, TEST_FILE, TRAIN_FILE, TEXT_KEYS
+from kbench.data.layout import IMAGE_KEY, PRODUCT_KEY, TEST_FILE, TEXT_KEYS, TRAIN_FILE
 from kbench.errors import KbenchError
 
 
@@ -74,7 +74,7 @@ def test_empty_descriptions_and_unseen_subcategories(tiny_fashiongen: Path, tmp_
     assert "MONKSTRAPS" not in data.subcategories
 
 
-def _broken(tiny: Path, tmp_path: Path, edit) -> Path:  # noqa: ANN001
+def _broken(tiny: Path, tmp_path: Path, edit) -> Path:
     root = tmp_path / "broken"
     shutil.copytree(tiny, root)
     with h5py.File(root / TRAIN_FILE, "r+") as f:
@@ -101,7 +101,7 @@ def _broken(tiny: Path, tmp_path: Path, edit) -> Path:  # noqa: ANN001
         ),
     ],
 )
-def test_layout_errors_name_the_problem(tiny_fashiongen: Path, tmp_path: Path, edit, message: str) -> None:  # noqa: ANN001
+def test_layout_errors_name_the_problem(tiny_fashiongen: Path, tmp_path: Path, edit, message: str) -> None:
     root = _broken(tiny_fashiongen, tmp_path, edit)
     with pytest.raises(KbenchError) as err:
         read(root)

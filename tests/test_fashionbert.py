@@ -19,7 +19,7 @@ SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "i
 B, T, K, D = 6, 12, 16, 24
 
 
-def tiny_model(**options) -> FashionBertForPreTraining:  # noqa: ANN003
+def tiny_model(**options) -> FashionBertForPreTraining:
     torch.manual_seed(0)
     return build_model(
         "fashionbert", None, vocab_size=200, visual_feature_size=D, patch_scheme="grid-4", **SIZES, **options
