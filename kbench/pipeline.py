@@ -68,18 +68,20 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
 def sums(metrics: dict[str, float]) -> dict[str, float]:
     """SumR, SumCLS and SumCAP exactly as the paper defines them, for the groups whose tasks all ran."""
 
-    def part(task: str, keys: tuple[str, ...]) -> dict[str, float] | None:
-        values = {k: metrics.get(f"{task}/{k}") for k in keys}
+    def part(task: str, names: dict[str, str]) -> dict[str, float] | None:
+        """``{sum key: value}`` of ``task``'s metrics named in ``names``, or None when one is missing."""
+        values = {key: metrics.get(f"{task}/{name}") for name, key in names.items()}
         return None if None in values.values() else values
 
+    recall = {"R1": "R@1", "R5": "R@5", "R10": "R@10"}
+    classification = {"acc": "acc", "macro_f": "macro_f"}
+    captioning = {m: m for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")}
     out = {}
-    recall = ("R1", "R5", "R10")
-    classification = ("acc", "macro_f")
     if (itr := part("itr", recall)) and (tir := part("tir", recall)):
         out["sums/SumR"] = sum_r(itr, tir)
     if (cr := part("cr", classification)) and (sub := part("sub", classification)):
         out["sums/SumCLS"] = sum_cls(cr, sub)
-    if fc := part("fc", ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")):
+    if fc := part("fc", captioning):
         out["sums/SumCAP"] = sum_cap(fc)
     return out
 

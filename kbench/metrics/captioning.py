@@ -1,0 +1,139 @@
+"""Captioning scores (BLEU-4, METEOR, ROUGE-L, CIDEr) exactly as pycocoevalcap computes them, no SPICE."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor import meteor as _meteor_module
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+from kbench.errors import KbenchError
+
+
+class EnglishMeteor(_meteor_module.Meteor):
+    """pycocoevalcap's METEOR with the JVM in an English locale (the jar misparses numbers otherwise)."""
+
+    def __init__(self) -> None:  # replaces the library's __init__ only to add the locale flags
+        self.meteor_cmd = [
+            "java",
+            "-Duser.language=en",
+            "-Duser.country=US",
+            "-jar",
+            "-Xmx2G",
+            _meteor_module.METEOR_JAR,
+            "-",
+            "-",
+            "-stdio",
+            "-l",
+            "en",
+            "-norm",
+        ]
+        self.meteor_p = subprocess.Popen(
+            self.meteor_cmd,
+            cwd=os.path.dirname(os.path.abspath(_meteor_module.__file__)),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,  # never read: a long-lived process must not block on a full pipe
+        )
+        self.lock = threading.Lock()
+
+    def close(self) -> None:
+        """Stop the JVM without taking the lock, which a failed ``compute_score`` leaves held."""
+        if self.meteor_p.poll() is None:
+            self.meteor_p.kill()
+        self.meteor_p.wait()
+        self.meteor_p.stdin.close()
+        self.meteor_p.stdout.close()
+
+    __del__ = close
+
+
+_meteor: EnglishMeteor | None = None
+_meteor_lock = threading.RLock()  # guards start-up, every call and the replacement of the shared scorer
+
+
+def meteor_scorer() -> EnglishMeteor:
+    """The one METEOR process of this Python process, started on first use (start-up takes 5-15 s)."""
+    global _meteor
+    with _meteor_lock:
+        if _meteor is None or _meteor.meteor_p.poll() is not None:
+            _require_java()
+            _meteor = EnglishMeteor()
+            atexit.register(_meteor.close)
+        return _meteor
+
+
+def _meteor_score(gts: dict, res: dict) -> float:
+    """Corpus METEOR on the shared scorer; one whose call failed or was interrupted is dropped, as its pipes
+    are out of step and the library leaves its lock held."""
+    global _meteor
+    with _meteor_lock:
+        scorer = meteor_scorer()
+        try:
+            return float(scorer.compute_score(gts, res)[0])
+        except BaseException as e:
+            _meteor = None
+            scorer.close()
+            if isinstance(e, Exception):
+                raise RuntimeError(f"METEOR's Java process failed ({e!r}); the next call restarts it") from e
+            raise
+
+
+def _require_java() -> None:
+    if shutil.which("java") is None:
+        raise KbenchError("captioning metrics (tokenizer, METEOR) need a Java runtime; `java` is not on PATH")
+
+
+def _check(references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]) -> None:
+    """ValueError naming the first problem: ids that do not match, a missing or non-text caption."""
+    if not candidates:
+        raise ValueError("no candidates to score")
+    missing = [i for i in references if i not in candidates]
+    extra = [i for i in candidates if i not in references]
+    if missing or extra:
+        raise ValueError(
+            f"ids of references and candidates differ: {len(missing)} without a candidate {missing[:5]}, "
+            f"{len(extra)} without references {extra[:5]}"
+        )
+    for i, refs in references.items():
+        if isinstance(refs, str) or not refs or not all(isinstance(r, str) and r.strip() for r in refs):
+            raise ValueError(f"references of id {i!r} must be a non-empty list of non-blank strings")
+        if not isinstance(candidates[i], str):
+            raise ValueError(f"candidate of id {i!r} must be a string, got {type(candidates[i]).__name__}")
+
+
+def _tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
+    """PTB-tokenise as ``COCOEvalCap.evaluate`` does; whitespace is collapsed first because the tokenizer
+    is line-based and would misalign ids on a ``\\r`` or ``\\u2028`` inside a caption."""
+    return PTBTokenizer().tokenize(
+        {i: [{"caption": " ".join(c.split())} for c in caps] for i, caps in captions.items()}
+    )
+
+
+def caption_scores(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]
+) -> dict[str, float]:
+    """BLEU-4, METEOR, ROUGE-L and CIDEr (x100) of ``candidates`` against ``references``, all over the
+    whole set at once (CIDEr's document frequencies come from every reference passed in).
+
+    An empty candidate is scored as pycocoevalcap scores it (zero for that id), like one that is all
+    punctuation and so empty after tokenisation.
+    """
+    _check(references, candidates)
+    _require_java()
+    gts = _tokenize(references)
+    res = _tokenize({i: [candidates[i]] for i in references})
+    return {
+        "BLEU-4": 100.0 * float(Bleu(4).compute_score(gts, res, verbose=0)[0][3]),
+        "METEOR": 100.0 * _meteor_score(gts, res),
+        "ROUGE-L": 100.0 * float(Rouge().compute_score(gts, res)[0]),
+        "CIDEr": 100.0 * float(Cider().compute_score(gts, res)[0]),
+    }
