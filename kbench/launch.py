@@ -26,7 +26,8 @@ from kbench.trial import TrialSpec
 
 log = logging.getLogger(__name__)
 
-PROGRESS_KEYS = ("stage", "done", "total")
+# Progress reports; not "done", which Tune reads as "the trial has finished".
+STAGE, COMPLETED, TOTAL = "progress/stage", "progress/completed", "progress/total"
 
 
 def _trainable(config: dict[str, Any], base: Config, tasks: list[str], tracking: Tracking) -> None:
@@ -39,9 +40,9 @@ def _trainable(config: dict[str, Any], base: Config, tasks: list[str], tracking:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    progress.set_sink(lambda stage, done, total: tune.report({"stage": stage, "done": done, "total": total}))
+    progress.set_sink(lambda stage, done, total: tune.report({STAGE: stage, COMPLETED: done, TOTAL: total}))
     metrics = run_trial(TrialSpec(**config["spec"]), base, tasks, tracking)
-    tune.report({"stage": "finished", "done": 1, "total": 1, **metrics})
+    tune.report(metrics)
 
 
 def ray_temp_dir() -> str:
@@ -97,7 +98,10 @@ def launch(
         first = str(failed[0].error).strip().splitlines()
         message = next((line for line in reversed(first) if line.strip()), "trial failed")
         raise KbenchError(f"{len(failed)} of {len(specs)} trials failed; first: {message}")
-    return {_label(r.config): {k: v for k, v in r.metrics.items() if "/" in k} for r in results}
+    return {
+        _label(r.config): {k: v for k, v in r.metrics.items() if "/" in k and k not in (STAGE, COMPLETED, TOTAL)}
+        for r in results
+    }
 
 
 def _label(config: dict[str, Any]) -> str:
@@ -108,13 +112,17 @@ class _ProgressCallback(tune.Callback):
     """Draws one bar per (trial, stage) from the progress the trials report."""
 
     def __init__(self, bars: Progress) -> None:
-        self.bars = bars
+        self.bars: Progress | None = bars
         self.tasks: dict[tuple[str, str], TaskID] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its callbacks with the experiment state; the bars stay on the driver."""
+        return {"bars": None, "tasks": {}}
+
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if result.get("stage") in (None, "finished"):
+        if self.bars is None or STAGE not in result:
             return
-        key = (trial.trial_id, result["stage"])
+        key = (trial.trial_id, result[STAGE])
         if key not in self.tasks:
-            self.tasks[key] = self.bars.add_task(f"{_label(trial.config)} {result['stage']}", total=result["total"])
-        self.bars.update(self.tasks[key], completed=result["done"], total=result["total"])
+            self.tasks[key] = self.bars.add_task(f"{_label(trial.config)} {result[STAGE]}", total=result[TOTAL])
+        self.bars.update(self.tasks[key], completed=result[COMPLETED], total=result[TOTAL])

@@ -176,10 +176,11 @@ def render(tables: list[tuple[str, pd.DataFrame]], fmt: str, caption: str) -> st
     for title, frame in tables:
         if fmt == "md":
             parts.append(
-                f"### {title}\n{caption}\n\n" + tabulate(frame, headers="keys", tablefmt="github", showindex=False)
+                f"### {title}\n{caption}\n\n"
+                + tabulate(frame, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
             )
         else:
-            body = tabulate(frame, headers="keys", tablefmt="latex_booktabs", showindex=False)
+            body = tabulate(frame, headers="keys", tablefmt="latex_booktabs", showindex=False, disable_numparse=True)
             parts.append(f"% {title}. {caption}\n{body}")
     return "\n\n".join(parts) + "\n"
 

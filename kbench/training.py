@@ -82,7 +82,7 @@ def fit(
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 for key, value in logs.items():
-                    sums[key] += float(value)
+                    sums[key] += float(value.detach())
                 count += 1
                 done += 1
                 advance(1)
