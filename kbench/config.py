@@ -61,7 +61,7 @@ class ModelConfig:
     """Transformer size shared by every zoo entry; ``init_from`` names a BERT checkpoint to start from."""
 
     hidden_size: int = 256
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 3
     num_attention_heads: int = 4
     intermediate_size: int = 1024
     hidden_dropout_prob: float = 0.1
@@ -86,7 +86,7 @@ class OptimConfig:
 class PretrainConfig(OptimConfig):
     """The pre-training recipe; the objectives themselves are options of each zoo entry."""
 
-    epochs: float = 6.0
+    epochs: float = 5.0
     lr: float = 2e-4
     itm_negative_rate: float = 0.5
 

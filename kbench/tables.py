@@ -133,9 +133,13 @@ def summarise(values: pd.Series) -> tuple[float, float | None, int]:
     return float(v.mean()), float(half), len(v)
 
 
-def main_tables(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+Cell = tuple[float | None, float | None]  # (value, 95 % half-width or None)
+
+
+def main_tables(runs: pd.DataFrame) -> list[tuple[str, list[Column], list[dict]]]:
     """Tables 2 and 3: for each of our models, the paper's row (when the paper has one) then ours."""
-    models = sorted(runs["model"].unique(), key=lambda m: (list(PAPER_ROWS).index(m) if m in PAPER_ROWS else 99, m))
+    order = list(PAPER_ROWS)
+    models = sorted(runs["model"].unique(), key=lambda m: (order.index(m) if m in order else len(order), m))
     out = []
     for title, columns, key in MAIN_TABLES:
         paper = published()[key]
@@ -143,45 +147,48 @@ def main_tables(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         for model in models:
             name = PAPER_ROWS.get(model)
             if name in paper:
-                rows.append(
-                    {
-                        "model": name,
-                        "source": "paper",
-                        "seeds": "",
-                        **{c.header: _fmt(paper[name][c.paper], None, c) for c in columns},
-                    }
-                )
+                cells = {c.header: (paper[name][c.paper], None) for c in columns}
+                rows.append({"model": name, "source": "paper", "seeds": "", **cells})
             mine = runs[(runs["model"] == model) & (runs["variant"] == "default")]
-            cells = {c.header: _fmt(*summarise(mine.get(c.metric, pd.Series(dtype=float)))[:2], c) for c in columns}
+            cells = {c.header: summarise(mine.get(c.metric, pd.Series(dtype=float)))[:2] for c in columns}
             rows.append({"model": model, "source": "kbench", "seeds": str(len(mine)), **cells})
-        out.append((title, pd.DataFrame(rows)))
+        out.append((title, list(columns), rows))
     return out
 
 
-def _fmt(value: float | None, half: float | None, column: Column) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+def _fmt(cell: Cell, column: Column) -> str:
+    value, half = cell
+    if value is None or np.isnan(value):
         return "–"
     text = f"{value:.{column.decimals}f}"
     return text if half is None else f"{text} ± {half:.{column.decimals}f}"
 
 
-def render(tables: list[tuple[str, pd.DataFrame]], fmt: str, caption: str) -> str:
-    """Markdown, LaTeX (booktabs) or CSV text of ``tables``."""
+def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption: str) -> str:
+    """Markdown or LaTeX (booktabs) text of ``tables``, or one CSV with a value and a CI column per metric."""
     if fmt == "csv":
-        merged = tables[0][1]
-        for _, frame in tables[1:]:
-            merged = merged.merge(frame, on=["model", "source", "seeds"], how="outer", sort=False)
-        return merged.to_csv(index=False)
+        frames = []
+        for i, (_, columns, rows) in enumerate(tables):
+            data = {k: [r[k] for r in rows] for k in ("model", "source", "seeds")} if i == 0 else {}
+            for c in columns:
+                data[c.header] = [r[c.header][0] for r in rows]
+                data[f"{c.header} CI95"] = [r[c.header][1] for r in rows]
+            frames.append(pd.DataFrame(data))
+        return pd.concat(frames, axis=1).to_csv(index=False, float_format="%.6g")
     parts = []
-    for title, frame in tables:
-        if fmt == "md":
-            parts.append(
-                f"### {title}\n{caption}\n\n"
-                + tabulate(frame, headers="keys", tablefmt="github", showindex=False, disable_numparse=True)
-            )
-        else:
-            body = tabulate(frame, headers="keys", tablefmt="latex_booktabs", showindex=False, disable_numparse=True)
-            parts.append(f"% {title}. {caption}\n{body}")
+    for title, columns, rows in tables:
+        frame = pd.DataFrame(
+            [
+                {
+                    **{k: r[k] for k in ("model", "source", "seeds")},
+                    **{c.header: _fmt(r[c.header], c) for c in columns},
+                }
+                for r in rows
+            ]
+        )
+        style = "github" if fmt == "md" else "latex_booktabs"
+        body = tabulate(frame, headers="keys", tablefmt=style, showindex=False, disable_numparse=True)
+        parts.append(f"### {title}\n{caption}\n\n{body}" if fmt == "md" else f"% {title}. {caption}\n{body}")
     return "\n\n".join(parts) + "\n"
 
 

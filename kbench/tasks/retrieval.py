@@ -13,6 +13,7 @@ from kbench.batches import ModelData, NegativeSampler, model_inputs
 from kbench.config import digest
 from kbench.errors import KbenchError
 from kbench.metrics import rank_at_k
+from kbench.metrics.retrieval import TIES
 from kbench.progress import stage
 from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists
 from kbench.tasks.base import Task, TaskResult
@@ -47,6 +48,8 @@ class RetrievalTask(Task):
             raise KbenchError(f"tasks.{self.name}.query must be image or text, not {self.options.query!r}")
         if self.options.negatives not in ("same-subcategory", "random"):
             raise KbenchError(f"tasks.{self.name}.negatives must be same-subcategory or random")
+        if self.options.ties not in TIES:
+            raise KbenchError(f"tasks.{self.name}.ties must be one of {', '.join(TIES)}")
         self.protocol = PROTOCOLS.get(self.options.protocol)()
 
     def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:

@@ -1,0 +1,149 @@
+"""The command line as a user meets it: the whole path at smoke size through real Ray and MLflow, and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import pytest
+from mlflow.tracking import MlflowClient
+
+from kbench.cli import main
+from kbench.data.layout import TRAIN_FILE
+
+SMOKE = ["--profile", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One `kbench run --model fashionbert --task all --profile smoke` into a fresh SQLite store."""
+    root = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    argv = ["run", "--model", "fashionbert", "--task", "all", *SMOKE, "--tracking-uri", uri, "--experiment", "e2e"]
+    code = main(argv)
+    return {"code": code, "uri": uri, "root": root}
+
+
+def test_run_logs_every_task_to_mlflow(smoke_run: dict) -> None:
+    assert smoke_run["code"] == 0
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 1
+    assert parents[0].info.status == "FINISHED" and children[0].info.status == "FINISHED"
+    child = children[0]
+    assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    tags = child.data.tags
+    assert tags["kbench.model"] == "fashionbert" and tags["kbench.seed"] == "0" and tags["kbench.profile"] == "smoke"
+    assert tags["kbench.protocol"] == "fashionbert-101 v1" and tags["kbench.dataset"] == "synth"
+    assert len(tags["kbench.data_fingerprint"]) == 16 and len(tags["kbench.config_hash"]) == 16
+    assert tags["kbench.task_versions"] == "itr=v1,tir=v1,cr=v1,sub=v1,fc=v1"
+    metrics = child.data.metrics
+    expected = {
+        *(f"{t}/{m}" for t in ("itr", "tir") for m in ("R1", "R5", "R10", "pretrained_R1")),
+        *(f"{t}/{m}" for t in ("cr", "sub") for m in ("acc", "macro_f", "macro_f_present")),
+        *(f"fc/{m}" for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")),
+        "sums/SumR",
+        "sums/SumCLS",
+        "sums/SumCAP",
+        "pretrain/mlm_loss",
+        "pretrain/itm_acc",
+        "time/pretrain_s",
+    }
+    assert expected <= set(metrics)
+    assert all(0 <= metrics[f"{t}/R{k}"] <= 100 for t in ("itr", "tir") for k in (1, 5, 10))
+    recall = sum(metrics[f"{t}/R{k}"] for t in ("itr", "tir") for k in (1, 5, 10))
+    assert metrics["sums/SumR"] == pytest.approx(recall)
+    cls = metrics["cr/acc"] + 100 * metrics["cr/macro_f"] + metrics["sub/acc"] + 100 * metrics["sub/macro_f"]
+    assert metrics["sums/SumCLS"] == pytest.approx(cls)
+    history = client.get_metric_history(child.info.run_id, "pretrain/loss")
+    assert [m.step for m in history] == [1]
+    artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"config.yaml", "candidates_itr.json", "candidates_tir.json", "captions_fc.json", "confusion_cr.csv"} <= artifacts
+    lists = json.loads(Path(client.download_artifacts(child.info.run_id, "candidates_itr.json")).read_text())
+    assert lists["protocol"] == "fashionbert-101" and len(lists["candidate_rows"]) == 20
+    assert all(len(c) == 101 for c in lists["candidate_rows"])
+
+
+def test_table_is_rebuilt_from_mlflow(smoke_run: dict, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    out_file = smoke_run["root"] / "table.csv"
+    code = main(["table", "--main", "--format", "csv", "--tracking-uri", smoke_run["uri"], "--experiment", "e2e", "--output", str(out_file)])
+    printed = capsys.readouterr().out
+    assert code == 0 and printed == out_file.read_text()
+    lines = printed.splitlines()
+    assert lines[0].startswith("model,source,seeds,ITR R@1")
+    assert lines[1].startswith("FashionBERT,paper,,23.96,46.31,52.12,26.75,46.48,55.74,251.36,91.25,0.705")
+    assert lines[2].startswith("fashionbert,kbench,1,")
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--model", "fashionbrt"], "unknown model 'fashionbrt'; did you mean fashionbert?"),
+        (["run", "--task", "itr,cap"], "unknown task 'cap'"),
+        (["run", "--dataset", "synthetic"], "unknown dataset 'synthetic'; did you mean synth?"),
+        (["run", "--profile", "fast"], "unknown profile 'fast'"),
+        (["run", "--set", "pretrain.lr"], "malformed --set 'pretrain.lr'"),
+        (["run", "--set", "pretrain.learning_rate=1"], "unknown config key 'pretrain.learning_rate'"),
+        (["run", "--set", "models.fashionbert.adaptive=1"], "model fashionbert has no option 'adaptive'"),
+        (["run", "--set", "tasks.itr.querys=3"], "tasks.itr: unknown key 'querys'; did you mean queries?"),
+        (["run", "--set", "tasks.itr.protocol=fb101"], "unknown protocol 'fb101'"),
+        (["run", "--dataset", "fashiongen"], "--dataset fashiongen needs --data-dir"),
+        (["run", "--dataset", "fashiongen", "--data-dir", "/nonexistent/dir"], "data directory /nonexistent/dir does not exist"),
+        (["run", "--seeds", "0"], "--seeds must be at least 1"),
+        (["table", "--main", "--experiment", "nothing-here"], "no experiment 'nothing-here'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err.startswith("kbench: error: ") and len(err.splitlines()) == 1, err
+    assert message in err
+    assert not (tmp_path / "mlflow.db").exists() or argv[0] == "table", "no run may be opened for bad input"
+
+
+def test_bad_data_files_stop_before_any_run(tiny_fashiongen: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(tiny_fashiongen, root)
+    with h5py.File(root / TRAIN_FILE, "r+") as f:
+        del f["input_category"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, err = run_cli(["run", *SMOKE, "--dataset", "fashiongen", "--data-dir", str(root), "--tracking-uri", uri], capsys)
+    assert code == 2 and "missing key 'input_category'" in err and TRAIN_FILE in err
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_ls_and_config(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ls", "models"]) == 0
+    assert capsys.readouterr().out.startswith("fashionbert  FashionBERT-style model")
+    assert main(["ls", "tasks"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["cr", "fc", "itr", "sub", "tir"]
+    assert "v1" in out[2]
+    assert main(["ls", "datasets"]) == 0
+    assert "Fashion-Gen" in capsys.readouterr().out
+    assert main(["config", *SMOKE, "--set", "pretrain.lr=3e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.0003" in out and "# config hash: " in out
+
+
+def test_data_synth_writes_the_official_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "synth"
+    sizes = ["--set", "data.synth.products_train=12", "--set", "data.synth.products_test=6"]
+    assert main(["data", "synth", "--out", str(out), *sizes]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fashiongen_256_256_train.h5", "fashiongen_256_256_validation.h5"]
