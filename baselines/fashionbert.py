@@ -82,25 +82,27 @@ class FashionBertModel(SingleStreamModel):
 class FashionBertCollator:
     """Adds FashionBERT's pre-training targets to a batch of (possibly mismatched) image-text pairs.
 
-    Tokens and patches are masked on matched pairs only: a mismatched text does not describe the image.
+    Every pair is corrupted alike, so corruption says nothing about the ITM label; the MLM and MPFC losses
+    are taken on matched pairs only, since a mismatched text does not describe the image.
     """
 
     config: FashionBertConfig
     mask_token_id: int
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        matched = batch["itm_labels"].bool()
-        words = (batch.pop("word_ids") >= 0) & matched[:, None]
-        chosen = choose_tokens(words, self.config.mlm_probability, generator)
-        batch["input_ids"], batch["mlm_labels"] = apply_token_mask(
+        matched = batch["itm_labels"].bool()[:, None]
+        chosen = choose_tokens(batch.pop("word_ids") >= 0, self.config.mlm_probability, generator)
+        batch["input_ids"], labels = apply_token_mask(
             batch["input_ids"], chosen, self.mask_token_id, self.config.vocab_size, generator
         )
+        batch["mlm_labels"] = labels.masked_fill(~matched, -100)
         patches = batch["patch_features"]
-        candidates = matched[:, None].expand(patches.shape[:2])
-        patch_mask = choose_tokens(candidates, self.config.patch_mask_probability, generator)
+        masked = choose_tokens(
+            torch.ones(patches.shape[:2], dtype=torch.bool), self.config.patch_mask_probability, generator
+        )
         batch["patch_targets"] = patches
-        batch["patch_features"] = patches.masked_fill(patch_mask[..., None], 0.0)
-        batch["patch_mask"] = patch_mask
+        batch["patch_features"] = patches.masked_fill(masked[..., None], 0.0)
+        batch["patch_mask"] = masked & matched
         return batch
 
 

@@ -62,7 +62,8 @@ def run_bench(cfg: Config, model_name: str, out: Path) -> str:
         headers=["stage", "shape", "throughput", "peak memory (MB)"],
         tablefmt="github",
     )
-    return f"{table}\n\n({cfg.profile} profile on {device}; written to {out})"
+    memory = "peak CUDA memory allocated in the stage" if device.type == "cuda" else "peak RSS of the process so far"
+    return f"{table}\n\n({cfg.profile} profile on {device}; memory: {memory}; written to {out})"
 
 
 def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:

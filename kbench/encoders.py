@@ -1,20 +1,23 @@
-"""Frozen patch encoders: a seeded small CNN for CPU profiles and a ResNet-50 laid out like torchvision's.
+"""Frozen patch encoders: a small pre-trained CNN for CPU profiles and a ResNet-50 laid out like torchvision's.
 
-Both map normalised ``(N, 3, S, S)`` crops to non-negative, globally average-pooled features, as the
-ResNet ``AvgPool`` features of Kaleido-BERT and FashionBERT are.
+Both map normalised ``(N, 3, S, S)`` crops to globally average-pooled features, the ResNet ``AvgPool``
+features of Kaleido-BERT and FashionBERT (the small CNN's are standardised per dimension as well).
 """
 
 from __future__ import annotations
 
 import hashlib
+from importlib import resources
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from kbench.errors import KbenchError
 from kbench.registry import Registry
 
+SMALL_CNN_WEIGHTS = "weights/small-cnn.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -35,35 +38,37 @@ ENCODERS: Registry[type[PatchEncoder]] = Registry("encoder", base=PatchEncoder)
 
 @ENCODERS.register("small-cnn")
 class SmallCNN(PatchEncoder):
-    """Three seeded random convolutions (no pretrained weights exist offline); 128-d features, CPU-cheap."""
+    """Three conv-BN-ReLU stages pre-trained on garment crops (kbench.encoder_pretraining); 128-d, CPU-cheap."""
 
-    def __init__(self, weights: str | None = None, seed: int = 0) -> None:
+    def __init__(self, weights: str | None = None, pretrained: bool = True) -> None:
         super().__init__()
-        if weights:
-            raise KbenchError("the small-cnn encoder is seeded, not loaded: drop features.weights or use resnet50")
-        self.seed = seed
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(64, 128, 3, stride=1, padding=1),
-            nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
+            *_stage(3, 32, stride=2), *_stage(32, 64, stride=2), *_stage(64, 128, stride=1), nn.AdaptiveAvgPool2d(1)
         )
+        # Standardises each output dimension with its statistics over the pre-training crops.
+        self.norm = nn.BatchNorm1d(128, affine=False)
         self.out_dim = 128
-        generator = torch.Generator().manual_seed(seed)
-        for module in self.features:
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=generator)
-                nn.init.zeros_(module.bias)
+        self.weights_digest = "untrained"
+        if pretrained:
+            path = Path(weights) if weights else Path(str(resources.files("kbench").joinpath(SMALL_CNN_WEIGHTS)))
+            if not path.is_file():
+                raise KbenchError(f"small-cnn weights file {path} does not exist")
+            self.load_state_dict(load_file(str(path)))
+            self.weights_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        return self.norm(torch.flatten(self.features(x), 1))
 
     def weights_id(self) -> str:
-        return f"seed{self.seed}"
+        return self.weights_digest
+
+
+def _stage(inputs: int, outputs: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(outputs),
+        nn.ReLU(True),
+    ]
 
 
 class Bottleneck(nn.Module):
@@ -130,8 +135,6 @@ class ResNet50(PatchEncoder):
             raise KbenchError(f"resnet50 weights file {path} does not exist")
         self.weights_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             try:

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,8 @@ def published() -> dict:
 
 def load_runs(uri: str, experiment: str) -> pd.DataFrame:
     """The finished trial runs of ``experiment``, one row per run, newest first."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise KbenchError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}; run `kbench run` first")
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:

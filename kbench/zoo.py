@@ -74,7 +74,12 @@ class VLPreTrainedModel(PreTrainedModel):
 
 
 MODELS: Registry[type[VLPreTrainedModel]] = Registry("model", base=VLPreTrainedModel)
-MODELS.register("fashionbert", "baselines.fashionbert:FashionBertForPreTraining")
+MODELS.register(
+    "fashionbert",
+    "baselines.fashionbert:FashionBertForPreTraining",
+    description="FashionBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked patch feature KL"
+    " (adaptive loss weighting optional)",
+)
 
 
 ARCHITECTURE_KEYS = (

@@ -63,7 +63,13 @@ def test_run_logs_every_task_to_mlflow(smoke_run: dict) -> None:
     history = client.get_metric_history(child.info.run_id, "pretrain/loss")
     assert [m.step for m in history] == [1]
     artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert {"config.yaml", "candidates_itr.json", "candidates_tir.json", "captions_fc.json", "confusion_cr.csv"} <= artifacts
+    assert {
+        "config.yaml",
+        "candidates_itr.json",
+        "candidates_tir.json",
+        "captions_fc.json",
+        "confusion_cr.csv",
+    } <= artifacts
     lists = json.loads(Path(client.download_artifacts(child.info.run_id, "candidates_itr.json")).read_text())
     assert lists["protocol"] == "fashionbert-101" and len(lists["candidate_rows"]) == 20
     assert all(len(c) == 101 for c in lists["candidate_rows"])
@@ -72,12 +78,25 @@ def test_run_logs_every_task_to_mlflow(smoke_run: dict) -> None:
 def test_table_is_rebuilt_from_mlflow(smoke_run: dict, capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
     out_file = smoke_run["root"] / "table.csv"
-    code = main(["table", "--main", "--format", "csv", "--tracking-uri", smoke_run["uri"], "--experiment", "e2e", "--output", str(out_file)])
+    code = main(
+        [
+            "table",
+            "--main",
+            "--format",
+            "csv",
+            "--tracking-uri",
+            smoke_run["uri"],
+            "--experiment",
+            "e2e",
+            "--output",
+            str(out_file),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and printed == out_file.read_text()
     lines = printed.splitlines()
-    assert lines[0].startswith("model,source,seeds,ITR R@1")
-    assert lines[1].startswith("FashionBERT,paper,,23.96,46.31,52.12,26.75,46.48,55.74,251.36,91.25,0.705")
+    assert lines[0].startswith("model,source,seeds,ITR R@1,ITR R@1 CI95,ITR R@5")
+    assert lines[1].startswith("FashionBERT,paper,,23.96,,46.31,,52.12,,26.75,,46.48,,55.74,,251.36,,91.25,,0.705,")
     assert lines[2].startswith("fashionbert,kbench,1,")
 
 
@@ -98,12 +117,15 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         (["run", "--set", "pretrain.lr"], "malformed --set 'pretrain.lr'"),
         (["run", "--set", "pretrain.learning_rate=1"], "unknown config key 'pretrain.learning_rate'"),
         (["run", "--set", "models.fashionbert.adaptive=1"], "model fashionbert has no option 'adaptive'"),
-        (["run", "--set", "tasks.itr.querys=3"], "tasks.itr: unknown key 'querys'; did you mean queries?"),
+        (["run", "--set", "tasks.itr.querys=3"], "tasks.itr: unknown key 'querys'; did you mean query, queries?"),
         (["run", "--set", "tasks.itr.protocol=fb101"], "unknown protocol 'fb101'"),
         (["run", "--dataset", "fashiongen"], "--dataset fashiongen needs --data-dir"),
-        (["run", "--dataset", "fashiongen", "--data-dir", "/nonexistent/dir"], "data directory /nonexistent/dir does not exist"),
+        (
+            ["run", "--dataset", "fashiongen", "--data-dir", "/nonexistent/dir"],
+            "data directory /nonexistent/dir does not exist",
+        ),
         (["run", "--seeds", "0"], "--seeds must be at least 1"),
-        (["table", "--main", "--experiment", "nothing-here"], "no experiment 'nothing-here'"),
+        (["table", "--main"], "no MLflow tracking store at"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -117,20 +139,24 @@ def test_bad_input_is_one_line_and_exit_2(
     assert not (tmp_path / "mlflow.db").exists() or argv[0] == "table", "no run may be opened for bad input"
 
 
-def test_bad_data_files_stop_before_any_run(tiny_fashiongen: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_bad_data_files_stop_before_any_run(
+    tiny_fashiongen: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     root = tmp_path / "data"
     shutil.copytree(tiny_fashiongen, root)
     with h5py.File(root / TRAIN_FILE, "r+") as f:
         del f["input_category"]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code, err = run_cli(["run", *SMOKE, "--dataset", "fashiongen", "--data-dir", str(root), "--tracking-uri", uri], capsys)
+    code, err = run_cli(
+        ["run", *SMOKE, "--dataset", "fashiongen", "--data-dir", str(root), "--tracking-uri", uri], capsys
+    )
     assert code == 2 and "missing key 'input_category'" in err and TRAIN_FILE in err
     assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_ls_and_config(capsys: pytest.CaptureFixture) -> None:
     assert main(["ls", "models"]) == 0
-    assert capsys.readouterr().out.startswith("fashionbert  FashionBERT-style model")
+    assert capsys.readouterr().out.startswith("fashionbert  FashionBERT-style single stream [text | 8x8 patches]")
     assert main(["ls", "tasks"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["cr", "fc", "itr", "sub", "tir"]

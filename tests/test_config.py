@@ -13,7 +13,7 @@ from kbench.registry import Registry
 
 def test_profiles_load_and_differ() -> None:
     configs = {name: load_config(name) for name in PROFILES}
-    assert configs["default"].model.hidden_size == 256
+    assert configs["default"].model.hidden_size == 128
     assert configs["smoke"].model.hidden_size == 64
     assert configs["paper"].model.hidden_size == 768 and configs["paper"].model.num_hidden_layers == 12
     assert configs["paper"].data.max_text_len == 64 and configs["paper"].pretrain.batch_size == 256

@@ -49,18 +49,21 @@ def test_registered_with_options() -> None:
         check_options("fashionbert", {"adaptive": True})
 
 
-def test_collator_masks_matched_pairs_only() -> None:
+def test_collator_corrupts_every_pair_and_scores_matched_ones() -> None:
     model = tiny_model()
-    batch = FashionBertCollator(model.config, mask_token_id=3)(raw_batch(), torch.Generator().manual_seed(1))
+    raw = raw_batch()
+    batch = FashionBertCollator(model.config, mask_token_id=3)(dict(raw), torch.Generator().manual_seed(1))
     matched = batch["itm_labels"].bool()
+    # corruption must not reveal the ITM label: every pair, matched or not, has masked tokens and patches
+    assert (batch["input_ids"] != raw["input_ids"]).any(dim=1).all()
+    zeroed = (batch["patch_features"] == 0).all(dim=-1)
+    assert zeroed.any(dim=1).all()
+    # the losses are taken on matched pairs only
     labelled = batch["mlm_labels"] != -100
-    assert labelled[matched].any(dim=1).all(), "every matched pair masks at least one token"
-    assert not labelled[~matched].any() and not batch["patch_mask"][~matched].any()
+    assert labelled[matched].any(dim=1).all() and not labelled[~matched].any()
+    assert torch.equal(batch["patch_mask"], zeroed & matched[:, None])
     assert not labelled[:, 0].any() and not labelled[:, 8:].any(), "never [CLS], [SEP] or padding"
-    assert batch["patch_mask"][matched].any(dim=1).all()
-    zeroed = batch["patch_features"][batch["patch_mask"]]
-    assert torch.equal(zeroed, torch.zeros_like(zeroed))
-    kept = ~batch["patch_mask"]
+    kept = ~zeroed
     assert torch.equal(batch["patch_features"][kept], batch["patch_targets"][kept])
 
 

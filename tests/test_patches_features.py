@@ -50,12 +50,17 @@ def test_locations_are_normalised_to_the_image() -> None:
     assert loc.min() >= 0 and loc.max() <= 1
 
 
-def test_small_cnn_is_seeded_and_non_negative() -> None:
-    x = torch.randn(4, 3, 32, 32)
+def test_small_cnn_loads_its_shipped_weights_and_standardises() -> None:
+    x = torch.randn(64, 3, 32, 32)
     a, b = SmallCNN().eval(), SmallCNN().eval()
     torch.testing.assert_close(a(x), b(x))
-    assert a(x).shape == (4, 128) and (a(x) >= 0).all()
-    assert not torch.equal(SmallCNN(seed=1)(x), a(x))
+    assert a(x).shape == (64, 128) and len(a.weights_id()) == 16
+    untrained = SmallCNN(pretrained=False).eval()
+    assert not torch.equal(untrained(x), a(x)) and untrained.weights_id() == "untrained"
+    # the final BatchNorm holds the per-dimension statistics of the pre-training crops
+    assert a.norm.running_var.min() > 0 and not torch.allclose(a.norm.running_mean, torch.zeros(128))
+    with pytest.raises(KbenchError, match=r"small-cnn weights file .* does not exist"):
+        SmallCNN(weights="/nonexistent.safetensors")
 
 
 def test_resnet50_has_torchvision_names_and_loads_a_state_dict(tmp_path: Path) -> None:
@@ -85,7 +90,7 @@ def test_store_matches_crop_by_crop_encoding_and_is_cached(tiny_fashiongen: Path
     data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
     scheme, cfg = get_scheme("grid-4"), FeatureConfig(batch_size=5)
     feats = load_features(data.test, scheme, cfg, torch.device("cpu"))
-    path = store_path(data.test, scheme, cfg, "seed0")
+    path = store_path(data.test, scheme, cfg, SmallCNN().weights_id())
     assert path.exists() and len(feats) == len(data.test)
     stamp = path.stat().st_mtime_ns
     load_features(data.test, scheme, cfg, torch.device("cpu"))

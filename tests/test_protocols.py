@@ -7,10 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kbench.config import SynthConfig
+from kbench.config import DataConfig, SynthConfig
 from kbench.data.fashiongen import read_splits
 from kbench.data.synth import generate
-from kbench.config import DataConfig
 from kbench.paths import cache_dir
 from kbench.protocols import PROTOCOLS, CandidateLists, FashionBert101
 
@@ -30,7 +29,12 @@ def test_fashionbert_101_lists(test_split) -> None:
     sizes = Counter(subcat[p] for p in set(meta["product_id"]))
     assert len(lists.query_products) == 60 == len(set(lists.query_products))
     for q, q_row, products, rows, short in zip(
-        lists.query_products, lists.query_rows, lists.candidate_products, lists.candidate_rows, lists.topped_up, strict=True
+        lists.query_products,
+        lists.query_rows,
+        lists.candidate_products,
+        lists.candidate_rows,
+        lists.topped_up,
+        strict=True,
     ):
         assert len(products) == 101 and len(set(products)) == 101 and products[lists.positive] == q
         assert product_of_row[q_row] == q  # the query image shows the query product
@@ -64,7 +68,9 @@ def test_lists_are_seeded_cached_and_reused(test_split) -> None:
 def test_full_gallery(test_split) -> None:
     lists = PROTOCOLS.get("full")().draw(test_split, "image", queries=5, seed=0)
     n_products = test_split.meta["product_id"].nunique()
-    assert all(len(c) == n_products and c[0] == q for c, q in zip(lists.candidate_products, lists.query_products, strict=True))
+    assert all(
+        len(c) == n_products and c[0] == q for c, q in zip(lists.candidate_products, lists.query_products, strict=True)
+    )
     assert np.all(np.asarray(lists.topped_up) == 0)
 
 

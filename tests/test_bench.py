@@ -1,0 +1,27 @@
+"""``kbench bench`` runs every stage and writes its figures (values are machine-dependent and not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kbench.cli import main
+
+
+def test_bench_writes_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--profile", "smoke", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    stages = [r["stage"] for r in report["results"]]
+    assert stages == [
+        "feature extraction (small-cnn, grid-8)",
+        "pre-training step (kbench-fashionbert)",
+        "bare transformers BertModel step",
+        "retrieval scoring (ITM logits)",
+    ]
+    assert [r["unit"] for r in report["results"]] == ["images/s", "samples/s", "samples/s", "pairs/s"]
+    assert all(r["rate"] > 0 and r["peak_memory_mb"] > 0 for r in report["results"])
+    assert report["profile"] == "smoke" and report["machine"]["device"] == "cpu"
+    assert "pairs/s" in capsys.readouterr().out
