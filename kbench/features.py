@@ -40,6 +40,7 @@ class PatchFeatures:
     features: torch.Tensor | h5py.Dataset  # (rows, K, D) float16, indexed by file row
     locations: torch.Tensor  # (K, 5) float32, the same for every image
     rows: np.ndarray  # file row of each example
+    store: str  # the store's file name: data file, scheme, encoder and the hash of all three
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -76,9 +77,11 @@ def load_features(split: Split, scheme: PatchScheme, cfg: FeatureConfig, device:
                 extract(split.path, tmp, scheme, encoder.to(device), cfg, device)
     handle = h5py.File(path, "r")
     feats = handle["features"]
+    locs = torch.from_numpy(handle["locations"][:])
     if feats.size * feats.dtype.itemsize <= IN_MEMORY_BYTES:
         feats = torch.from_numpy(feats[:])
-    return PatchFeatures(feats, torch.from_numpy(handle["locations"][:]), split.meta["row"].to_numpy())
+        handle.close()  # larger stores stay open and are read batch by batch
+    return PatchFeatures(feats, locs, split.meta["row"].to_numpy(), path.name)
 
 
 def extract(

@@ -55,6 +55,8 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
                 result = task.run(trial, model)
             metrics |= {f"{name}/{k}": v for k, v in result.metrics.items()}
             run.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items()})
+            for epoch, values in enumerate(result.curves, 1):
+                run.log_metrics({f"{name}/finetune_{k}": v for k, v in values.items()}, step=epoch)
             for filename, content in result.artifacts.items():
                 run.log_text(filename, content)
             if task.card.kind == "retrieval":

@@ -9,11 +9,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+import kbench
 from kbench.batches import ModelData
 from kbench.config import Config, apply_override, digest
 from kbench.data import DatasetSplits, load_dataset
@@ -21,9 +22,11 @@ from kbench.features import load_features
 from kbench.patches import PatchScheme, get_scheme
 from kbench.text import load_tokenizer, tokenize
 from kbench.training import resolve_device
-from kbench.zoo import MODELS, VLPreTrainedModel
+from kbench.zoo import MODELS
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class Trial:
         self.device = resolve_device(self.cfg.runtime.device)
         self.model_cls = MODELS.get(spec.model)
         self._data: dict[str, ModelData] = {}
-        self._finetuned: dict[str, VLPreTrainedModel] = {}
+        self._finetuned: dict[str, Any] = {}
 
     @cached_property
     def config_hash(self) -> str:
@@ -112,19 +115,21 @@ class Trial:
     def pretrain_key(self) -> str:
         """Hash of what the pre-trained checkpoint depends on (shared by trials that agree on it)."""
         c = self.cfg
+        text = (c.data.tokenizer, c.data.max_text_len, c.data.dev_fraction, c.data.dev_seed)
         return digest(
+            kbench.__version__,
             self.spec.model,
             self.spec.seed,
             self.dataset.fingerprint,
-            dataclasses.asdict(c.data),
-            dataclasses.asdict(c.features),
+            text,
+            self.data("train").features.store,
             model_options(c, self.spec.model),
             c.model.init_from,
             dataclasses.asdict(c.pretrain),
         )
 
-    def finetuned(self, key: str, make: Callable[[], VLPreTrainedModel]) -> VLPreTrainedModel:
-        """A fine-tuned model shared by tasks with the same recipe (ITR and TIR fine-tune ITM once)."""
+    def finetuned(self, key: str, make: Callable[[], T]) -> T:
+        """What ``make`` fine-tunes, shared by tasks with the same recipe (ITR and TIR fine-tune ITM once)."""
         if key not in self._finetuned:
             self._finetuned[key] = make()
         return self._finetuned[key]

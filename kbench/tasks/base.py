@@ -20,10 +20,12 @@ from kbench.zoo import VLPreTrainedModel
 
 @dataclass
 class TaskResult:
-    """Corpus-level metrics (named as the card names them) and artifacts (file name -> JSON-able content)."""
+    """Corpus-level metrics (named as the card names them), artifacts (file name -> text) and the per-epoch
+    means of the fine-tuning loss and accuracy."""
 
     metrics: dict[str, float]
-    artifacts: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    curves: list[dict[str, float]] = field(default_factory=list)
 
 
 class Task(ABC):
@@ -51,8 +53,8 @@ class Task(ABC):
         step: StepFn,
         recipe: OptimConfig | None = None,
         description: str | None = None,
-    ) -> None:
-        """Fine-tune ``module`` for the recipe's epochs over shuffled training examples."""
+    ) -> list[dict[str, float]]:
+        """Fine-tune ``module`` for the recipe's epochs over shuffled training examples; return the curves."""
         recipe = recipe or self.recipe
         n = len(trial.data("train"))
         rng = np.random.default_rng(trial.spec.seed)
@@ -64,7 +66,7 @@ class Task(ABC):
                 yield make_batch(order[i * recipe.batch_size : (i + 1) * recipe.batch_size], rng)
 
         runtime = trial.cfg.runtime
-        fit(
+        return fit(
             module,
             batches,
             steps_per_epoch,

@@ -63,7 +63,7 @@ class CaptioningTask(Task):
             loss = torch.nn.functional.cross_entropy(logits, labels)
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
 
-        self.train(trial, model, make_batch, step)
+        curves = self.train(trial, model, make_batch, step)
         positions = self.sample(test)
         captions = self.generate(trial, model, test, positions)
         meta = test.split.meta.iloc[positions]
@@ -74,7 +74,7 @@ class CaptioningTask(Task):
             {"row": int(r), "product_id": int(p), "reference": d, "caption": c}
             for r, p, d, c in zip(meta["row"], meta["product_id"], meta["description"], captions, strict=False)
         ]
-        return TaskResult(scores, {f"captions_{self.name}.json": json.dumps(records, indent=1)})
+        return TaskResult(scores, {f"captions_{self.name}.json": json.dumps(records, indent=1)}, curves)
 
     def sample(self, test: ModelData) -> np.ndarray:
         """One image (the first pose) of every test product, or of a seeded sample of ``images`` products."""

@@ -71,7 +71,7 @@ class ClassificationTask(Task):
             loss = nn.functional.cross_entropy(logits, target)
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == target).float().mean()}
 
-        self.train(trial, classifier, make_batch, step)
+        curves = self.train(trial, classifier, make_batch, step)
         y_true, y_pred = self.codes(test, code), self.predict(trial, classifier, test)
         scores = classification_scores(y_true, y_pred, labels=list(range(len(labels))))
         unseen = int((y_true < 0).sum())
@@ -83,7 +83,7 @@ class ClassificationTask(Task):
             colnames=["predicted"],
             dropna=False,
         )
-        return TaskResult(scores, {f"confusion_{self.name}.csv": matrix.to_csv()})
+        return TaskResult(scores, {f"confusion_{self.name}.csv": matrix.to_csv()}, curves)
 
     def codes(self, data: ModelData, code: dict[str, int]) -> np.ndarray:
         """Label index of each example; -1 for labels unseen in training (always counted as errors)."""

@@ -60,11 +60,13 @@ class RetrievalTask(Task):
             scores = self.score(trial, pretrained, test, lists, f"{self.name} score (pre-trained)")
             metrics |= {f"pretrained_{k}": v for k, v in self.rank(scores, lists).items()}
         recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
-        model = trial.finetuned(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
+        model, curves = trial.finetuned(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
         metrics |= self.rank(self.score(trial, model, test, lists, f"{self.name} score"), lists)
-        return TaskResult(metrics, {f"candidates_{self.name}.json": lists.to_json()})
+        return TaskResult(metrics, {f"candidates_{self.name}.json": lists.to_json()}, curves)
 
-    def finetune(self, trial: Trial, pretrained: VLPreTrainedModel) -> VLPreTrainedModel:
+    def finetune(
+        self, trial: Trial, pretrained: VLPreTrainedModel
+    ) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
         """ITM fine-tuning on matched pairs and mismatches (hard ones: same sub-category) of the train split."""
         model = copy.deepcopy(pretrained)
         train = trial.data("train")
@@ -86,8 +88,7 @@ class RetrievalTask(Task):
             loss = torch.nn.functional.cross_entropy(logits, labels)
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
 
-        self.train(trial, model, make_batch, step, description="fine-tune ITM (ITR, TIR)")
-        return model
+        return model, self.train(trial, model, make_batch, step, description="fine-tune ITM (ITR, TIR)")
 
     @torch.inference_mode()
     def score(
