@@ -19,8 +19,6 @@ import kbench
 from kbench.config import PROFILES, Config, digest, load_config, profile_description
 from kbench.errors import KbenchError
 
-log = logging.getLogger("kbench")
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kbench", description=__doc__.splitlines()[0])

@@ -24,8 +24,6 @@ from kbench.progress import bar_columns
 from kbench.tracking import Tracking
 from kbench.trial import TrialSpec
 
-log = logging.getLogger(__name__)
-
 # Progress reports; not "done", which Tune reads as "the trial has finished".
 STAGE, COMPLETED, TOTAL = "progress/stage", "progress/completed", "progress/total"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +14,6 @@ from kbench.pretraining import pretrained_model
 from kbench.tasks import TASKS, build_task
 from kbench.tracking import Tracking, TrialRun, flatten
 from kbench.trial import Trial, TrialSpec, seed_everything
-
-log = logging.getLogger(__name__)
 
 
 def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Tracking) -> dict[str, float]:

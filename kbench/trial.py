@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ from kbench.patches import PatchScheme, get_scheme
 from kbench.text import load_tokenizer, tokenize
 from kbench.training import resolve_device
 from kbench.zoo import MODELS
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -46,7 +46,7 @@ from kbench.data.synth_render import (
 )
 from kbench.data.synth_text import Description, describe
 from kbench.errors import KbenchError
-from kbench.paths import atomic_dir, cache_dir
+from kbench.paths import atomic_dir, atomic_path, cache_dir
 from kbench.progress import stage
 
 log = logging.getLogger(__name__)
@@ -591,9 +591,9 @@ def _write(out_dir: Path, cfg: SynthConfig) -> None:
             "synth_garment_box": np.array([garment_box(p.look, v) for p, v in views], dtype=np.int16),
             "synth_attribute_regions": encode([_regions(p, v) for p, v in views]),
         }
-        with stage(f"SynthFashion {split}", len(views)) as advance:
+        with stage(f"SynthFashion {split}", len(views)) as advance, atomic_path(out_dir / filename) as tmp:
             batches = _render_batches(views, advance)
-            write_split(out_dir / filename, batches, [p.pid for p, _ in views], text, extra)
+            write_split(tmp, batches, [p.pid for p, _ in views], text, extra)
 
 
 def _product_ids(cfg: SynthConfig) -> dict[str, list[int]]:
