@@ -90,6 +90,7 @@ class FashionBertCollator:
     mask_token_id: int
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        del batch["image_positions"], batch["text_positions"]
         matched = batch["itm_labels"].bool()[:, None]
         chosen = choose_tokens(batch.pop("word_ids") >= 0, self.config.mlm_probability, generator)
         batch["input_ids"], labels = apply_token_mask(

@@ -13,15 +13,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from tabulate import tabulate
 from transformers import BertConfig, BertModel
 
+from kbench.batches import ModelData
 from kbench.config import Config
+from kbench.data.splits import Split
 from kbench.encoders import ENCODERS
-from kbench.features import encode_patches
-from kbench.patches import get_scheme
+from kbench.features import PatchFeatures, encode_patches
+from kbench.kaleido.aag import Alignments
 from kbench.paths import atomic_path
+from kbench.text import TokenizedText, load_tokenizer
 from kbench.training import autocast, resolve_device
 from kbench.zoo import MODELS, build_model
 
@@ -32,15 +37,13 @@ def run_bench(cfg: Config, model_name: str, out: Path) -> str:
     """Time the three stages; write the figures as JSON to ``out`` and return them as a table."""
     device = resolve_device(cfg.runtime.device)
     model_cls = MODELS.get(model_name)
-    scheme = get_scheme(cfg.models.get(model_name, {}).get("patch_scheme") or model_cls.config_class().patch_scheme)
     encoder = ENCODERS.get(cfg.features.encoder)(weights=None).to(device).eval()
+    kwargs = {**_sizes(cfg), **cfg.models.get(model_name, {}), "visual_feature_size": encoder.out_dim}
+    model = build_model(model_name, None, **kwargs).to(device)
+    scheme = model_cls.patching(model.config).scheme
     rows = [extraction(cfg, scheme, encoder, device)]
     seq_len = cfg.data.max_text_len + scheme.num_patches
-    kwargs = {**_sizes(cfg), **cfg.models.get(model_name, {}), "visual_feature_size": encoder.out_dim}
-    kwargs["patch_scheme"] = scheme.name
-    model = build_model(model_name, None, **kwargs).to(device)
-    batch = _random_batch(cfg.pretrain.batch_size, cfg.data.max_text_len, scheme.num_patches, encoder.out_dim, device)
-    rows.append(pretraining(cfg, model, batch, device))
+    rows.append(pretraining(cfg, model, SyntheticTrial(cfg, scheme.num_patches, encoder.out_dim), device))
     rows.append(bare_bert(cfg, seq_len, device))
     rows.append(scoring(cfg, model, device, scheme.num_patches, encoder.out_dim))
     report = {
@@ -79,9 +82,45 @@ def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:
     )
 
 
-def pretraining(cfg: Config, model, batch: dict, device: torch.device) -> dict:
+class SyntheticTrial:
+    """Stands in for a trial when timing a pre-training step: random data of the profile's shapes, with the
+    AKPM views but no AAG alignments (AGM then masks at random, at the same budgets and the same cost)."""
+
+    def __init__(self, cfg: Config, patches: int, dim: int) -> None:
+        n, text_len = cfg.pretrain.batch_size, cfg.data.max_text_len
+        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
+        batch = _random_batch(n, text_len, patches, dim, torch.device("cpu"))
+        text = TokenizedText(batch["input_ids"], batch["attention_mask"], batch["word_ids"])
+        views = {"rotated": torch.rand(n, 3, dim), "grey": torch.rand(n, 16, dim)}
+        features = PatchFeatures(
+            batch["patch_features"], batch["patch_locations"], np.zeros((n, 4)), np.arange(n), "random", views
+        )
+        meta = pd.DataFrame({"row": np.arange(n), "product_id": np.arange(n)})
+        self.train = ModelData(Split("train", Path("random"), meta, "random"), text, features)
+        self.alignments = Alignments([[] for _ in range(n)], [])
+
+    def data(self, split: str) -> ModelData:
+        return self.train
+
+    def memo(self, key: str, make: Callable[[], object]) -> object:
+        return self.alignments if key == "aag" else make()
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        """A batch of pairs as pre-training draws them, half of them mismatched."""
+        n = len(self.train)
+        images, texts = np.arange(n), np.arange(n)
+        texts[1::2] -= 1  # every second image is shown its neighbour's text
+        batch = self.train.inputs(images, texts)
+        batch["itm_labels"] = torch.from_numpy((images == texts).astype(np.int64))
+        batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
+        return batch
+
+
+def pretraining(cfg: Config, model, trial: SyntheticTrial, device: torch.device) -> dict:
+    """One optimisation step of the entry's own objectives, its collator included."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    collate = model.collator(model.config, 103)
+    collate = type(model).pretraining_collator(model.config, trial)
+    batch = trial.batch()
     generator = torch.Generator().manual_seed(0)
     model.train()
 

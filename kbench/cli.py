@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time feature extraction, pre-training steps and retrieval scoring")
     _add_config_args(bench)
-    bench.add_argument("--model", default="fashionbert")
+    bench.add_argument("--model", default="kaleido")
     bench.add_argument("--out", type=Path, default=Path("results/bench.json"), help="JSON file to write")
     bench.set_defaults(handler=cmd_bench)
     return parser

@@ -97,6 +97,22 @@ class PretrainConfig(OptimConfig):
 
 
 @dataclass
+class AlignmentConfig:
+    """Kaleido-BERT's alignment generator (AAG): a Show-Attend-and-Tell captioner trained on the train split."""
+
+    crop_size: int = 56  # locked boxes are resized to this before the encoder's feature map (14 x 14 for small-cnn)
+    epochs: float = 6.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    embed_size: int = 128
+    hidden_size: int = 256
+    attention_size: int = 128
+    vocab_min_count: int = 2
+    max_words: int = 32
+    attention_reg: float = 1.0  # weight of the doubly stochastic attention loss
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how trials run."""
 
@@ -117,6 +133,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model options, e.g. models.fashionbert
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    aag: AlignmentConfig = field(default_factory=AlignmentConfig)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides of the task cards
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 

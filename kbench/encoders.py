@@ -32,6 +32,10 @@ class PatchEncoder(nn.Module):
         """What identifies the weights in cache keys."""
         raise NotImplementedError
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, h, w)`` spatial features before pooling: the grid a soft-attention captioner attends over."""
+        raise NotImplementedError
+
 
 ENCODERS: Registry[type[PatchEncoder]] = Registry("encoder", base=PatchEncoder)
 
@@ -58,6 +62,9 @@ class SmallCNN(PatchEncoder):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(torch.flatten(self.features(x), 1))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features[:-1](x)  # stride 4: a 56 x 56 crop gives a 14 x 14 grid
 
     def weights_id(self) -> str:
         return self.weights_digest
@@ -148,9 +155,11 @@ class ResNet50(PatchEncoder):
             raise KbenchError(f"{path} is not a torchvision resnet50 state dict: {detail}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.feature_map(x)), 1)
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))  # stride 32: 224 x 224 gives 7 x 7
 
     def weights_id(self) -> str:
         return self.weights_digest

@@ -41,6 +41,8 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
             run.set_tags({"data_fingerprint": dataset.fingerprint})
         with timed(timings, "features"):
             trial.data("train"), trial.data("test")
+        with timed(timings, "prepare"):
+            run.log_metrics(trial.model_cls.prepare(trial))
         with timed(timings, "pretrain"):
             model, history = pretrained_model(trial)
         for epoch, values in enumerate(history, 1):

@@ -41,7 +41,7 @@ def pretrain(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
     cfg = trial.cfg.pretrain
     data = trial.data("train")
     model = build_model(trial.spec.model, trial.cfg.model.init_from, **trial.model_kwargs()).to(trial.device)
-    collate = trial.model_cls.collator(model.config, trial.tokenizer.mask_token_id)
+    collate = trial.model_cls.pretraining_collator(model.config, trial)
     sampler = NegativeSampler(data.split.meta["product_id"].to_numpy())
     rng = np.random.default_rng(trial.spec.seed)
     generator = torch.Generator().manual_seed(trial.spec.seed)
@@ -54,6 +54,7 @@ def pretrain(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
             texts, labels = sampler.sample(images, cfg.itm_negative_rate, rng)
             batch = data.inputs(images, texts)
             batch["itm_labels"] = torch.from_numpy(labels)
+            batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
             yield collate(batch, generator)
 
     def step(batch: dict[str, torch.Tensor]):

@@ -71,7 +71,11 @@ class SingleStreamForPreTraining(VLPreTrainedModel):
         return self.vl(**inputs).pooler_output
 
     def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.itm_head(self.vl(**inputs).pooler_output)
+        return self.itm_from_pooled(self.vl(**inputs).pooler_output)
+
+    def itm_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, 2) ITM logits from the pooled output."""
+        return self.itm_head(pooled)
 
     def mlm_logits(self, where: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
         text = self.vl(**inputs).last_hidden_state[:, : inputs["input_ids"].shape[1]]
@@ -94,5 +98,5 @@ class SingleStreamForPreTraining(VLPreTrainedModel):
 
     def itm_loss(self, pooled: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """2-way cross-entropy and accuracy of the ITM head."""
-        logits = self.itm_head(pooled).float()
+        logits = self.itm_from_pooled(pooled).float()
         return F.cross_entropy(logits, labels), (logits.argmax(-1) == labels).float().mean()

@@ -17,8 +17,7 @@ import kbench
 from kbench.batches import ModelData
 from kbench.config import Config, apply_override, digest
 from kbench.data import DatasetSplits, load_dataset
-from kbench.features import load_features
-from kbench.patches import PatchScheme, get_scheme
+from kbench.features import Patching, load_features
 from kbench.text import load_tokenizer, tokenize
 from kbench.training import resolve_device
 from kbench.zoo import MODELS
@@ -71,7 +70,7 @@ class Trial:
         self.device = resolve_device(self.cfg.runtime.device)
         self.model_cls = MODELS.get(spec.model)
         self._data: dict[str, ModelData] = {}
-        self._finetuned: dict[str, Any] = {}
+        self._memo: dict[str, Any] = {}
 
     @cached_property
     def config_hash(self) -> str:
@@ -87,15 +86,13 @@ class Trial:
         return load_tokenizer(self.cfg.data.tokenizer)
 
     @cached_property
-    def scheme(self) -> PatchScheme:
-        """The entry's patch scheme: its ``patch_scheme`` option, else its config class's default."""
-        name = self.cfg.models.get(self.spec.model, {}).get("patch_scheme")
-        return get_scheme(name or self.model_cls.config_class().patch_scheme)
+    def patching(self) -> Patching:
+        """How the entry's images become patches (scheme, locked box, AKPM views), as its options say."""
+        return self.model_cls.patching(self.model_cls.config_class(**model_options(self.cfg, self.spec.model)))
 
     def model_kwargs(self) -> dict[str, Any]:
         """The zoo config's arguments: sizes, options, and what the data fixes (vocabulary, feature size)."""
         kwargs = model_options(self.cfg, self.spec.model)
-        kwargs["patch_scheme"] = self.scheme.name
         kwargs["vocab_size"] = len(self.tokenizer)
         kwargs["visual_feature_size"] = self.data("train").features.dim
         return kwargs
@@ -105,7 +102,7 @@ class Trial:
         if split not in self._data:
             part = getattr(self.dataset, split)
             text = tokenize(self.tokenizer, list(part.meta["description"]), self.cfg.data.max_text_len)
-            features = load_features(part, self.scheme, self.cfg.features, self.device)
+            features = load_features(part, self.patching, self.cfg.features, self.device)
             self._data[split] = ModelData(part, text, features)
         return self._data[split]
 
@@ -123,10 +120,12 @@ class Trial:
             model_options(c, self.spec.model),
             c.model.init_from,
             dataclasses.asdict(c.pretrain),
+            dataclasses.asdict(c.aag),
         )
 
-    def finetuned(self, key: str, make: Callable[[], T]) -> T:
-        """What ``make`` fine-tunes, shared by tasks with the same recipe (ITR and TIR fine-tune ITM once)."""
-        if key not in self._finetuned:
-            self._finetuned[key] = make()
-        return self._finetuned[key]
+    def memo(self, key: str, make: Callable[[], T]) -> T:
+        """What ``make`` builds, made once per trial: ITR and TIR share one ITM fine-tuning, pre-training and
+        its diagnostics share one set of alignments."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]

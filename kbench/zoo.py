@@ -11,17 +11,29 @@ import difflib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, PreTrainedModel
+from transformers import BertConfig, BertModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredictionHead
 from transformers.utils import ModelOutput
 
 from kbench.errors import KbenchError
+from kbench.features import Patching
+from kbench.patches import get_scheme
 from kbench.registry import Registry
+
+if TYPE_CHECKING:
+    from kbench.trial import Trial
+
+
+class Collator(Protocol):
+    """Adds an entry's corruptions and targets to a batch of pairs (``itm_labels``, ``image_positions`` and
+    ``text_positions`` included), drawing randomness from ``generator``."""
+
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
@@ -55,6 +67,21 @@ class VLPreTrainedModel(PreTrainedModel):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
             init.zeros_(module.token_type_ids)
 
+    @classmethod
+    def patching(cls, config: PreTrainedConfig) -> Patching:
+        """How images become this entry's patches; by default its ``patch_scheme`` over the whole image."""
+        return Patching(get_scheme(config.patch_scheme))
+
+    @classmethod
+    def prepare(cls, trial: Trial) -> dict[str, float]:
+        """Build what pre-training needs beyond features (e.g. alignments) and return measurements of it."""
+        return {}
+
+    @classmethod
+    def pretraining_collator(cls, config: PreTrainedConfig, trial: Trial) -> Collator:
+        """The callable that turns a batch of image-text pairs into this entry's pre-training batch."""
+        return cls.collator(config, trial.tokenizer.mask_token_id)
+
     def pooled_output(self, **inputs: torch.Tensor) -> torch.Tensor:
         """(B, H) joint representation ([CLS] after the pooler), fed to classification heads."""
         raise NotImplementedError
@@ -79,6 +106,12 @@ MODELS.register(
     "baselines.fashionbert:FashionBertForPreTraining",
     description="FashionBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked patch feature KL"
     " (adaptive loss weighting optional)",
+)
+MODELS.register(
+    "kaleido",
+    "kbench.kaleido.model:KaleidoBertForPreTraining",
+    description="Kaleido-BERT: single stream [text | 55 kaleido patches of the saliency-locked garment];"
+    " AMLM with alignment-guided masking, ITM, AKPM (rotation, jigsaw, camouflage, grey/blank-to-colour KL)",
 )
 
 

@@ -39,6 +39,8 @@ def raw_batch(seed: int = 0) -> dict[str, torch.Tensor]:
         "patch_features": torch.rand(B, K, D, generator=g) * 3,
         "patch_locations": torch.rand(B, K, 5, generator=g),
         "itm_labels": torch.tensor([1, 1, 0, 1, 0, 1]),
+        "image_positions": torch.arange(B),
+        "text_positions": torch.arange(B),
     }
 
 

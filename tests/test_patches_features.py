@@ -14,7 +14,7 @@ from kbench.config import DataConfig, FeatureConfig
 from kbench.data.fashiongen import read_splits
 from kbench.encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ResNet50, SmallCNN, build_encoder
 from kbench.errors import KbenchError
-from kbench.features import load_features, store_path
+from kbench.features import Patching, load_features, store_path
 from kbench.patches import KALEIDO, get_scheme, locations
 
 
@@ -89,11 +89,11 @@ def test_resnet50_has_torchvision_names_and_loads_a_state_dict(tmp_path: Path) -
 def test_store_matches_crop_by_crop_encoding_and_is_cached(tiny_fashiongen: Path) -> None:
     data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
     scheme, cfg = get_scheme("grid-4"), FeatureConfig(batch_size=5)
-    feats = load_features(data.test, scheme, cfg, torch.device("cpu"))
-    path = store_path(data.test, scheme, cfg, SmallCNN().weights_id())
+    feats = load_features(data.test, Patching(scheme), cfg, torch.device("cpu"))
+    path = store_path(data.test, Patching(scheme), cfg, SmallCNN().weights_id())
     assert path.exists() and len(feats) == len(data.test)
     stamp = path.stat().st_mtime_ns
-    load_features(data.test, scheme, cfg, torch.device("cpu"))
+    load_features(data.test, Patching(scheme), cfg, torch.device("cpu"))
     assert path.stat().st_mtime_ns == stamp, "a second load must reuse the store"
 
     encoder = SmallCNN().eval()
@@ -107,3 +107,48 @@ def test_store_matches_crop_by_crop_encoding_and_is_cached(tiny_fashiongen: Path
     got, locs = feats.batch(positions)
     torch.testing.assert_close(got, torch.stack(expected, 1).half().float(), atol=1e-3, rtol=1e-3)  # float16 store
     assert locs.shape == (2, 16, 5)
+
+
+def crop_features(
+    image: torch.Tensor, box: tuple[int, int, int, int], encoder: SmallCNN, grey: bool = False, k: int = 0
+):
+    """One crop encoded on its own: the reference the batched store must match."""
+    x1, y1, x2, y2 = box
+    crop = F.interpolate(image[:, :, y1:y2, x1:x2], size=(32, 32), mode="bilinear", antialias=True)
+    if grey:
+        crop = (crop * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True).expand_as(crop)
+    crop = torch.rot90(crop, k, dims=(-2, -1))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return encoder((crop - mean) / std)
+
+
+def test_locked_kaleido_store_with_akpm_views(tiny_fashiongen: Path) -> None:
+    data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
+    patching = Patching(KALEIDO, saliency="border-contrast", akpm_views=True)
+    feats = load_features(data.test, patching, FeatureConfig(batch_size=4), torch.device("cpu"))
+    assert set(feats.views) == {"rotated", "grey"} and "locked" in feats.store
+    positions = np.array([2, 5])
+    boxes = feats.example_boxes(positions)
+    assert boxes.shape == (2, 4)
+    got, locs = feats.batch(positions)
+    encoder = SmallCNN().eval()
+    for i, pos in enumerate(positions):
+        raw = torch.from_numpy(data.test.read_images(np.array([pos]))).permute(0, 3, 1, 2).float() / 255
+        x1, y1, x2, y2 = boxes[i].tolist()
+        locked = F.interpolate(raw[:, :, y1:y2, x1:x2], size=(256, 256), mode="bilinear", antialias=True)
+        cells = KALEIDO.boxes((0, 0, 256, 256))
+        whole = crop_features(locked, tuple(cells[0]), encoder)
+        torch.testing.assert_close(got[i, 0], whole[0].half().float(), atol=2e-3, rtol=2e-3)
+        for k in (1, 2, 3):
+            rotated = crop_features(locked, tuple(cells[0]), encoder, k=k)
+            torch.testing.assert_close(
+                feats.view("rotated", positions)[i, k - 1], rotated[0].half().float(), atol=2e-3, rtol=2e-3
+            )
+        level4 = KALEIDO.level_slices()[3]
+        grey = crop_features(locked, tuple(cells[level4][5]), encoder, grey=True)
+        torch.testing.assert_close(feats.view("grey", positions)[i, 5], grey[0].half().float(), atol=2e-3, rtol=2e-3)
+        # locations are those of the cells of the locked box, in image coordinates
+        expected = locations(KALEIDO.boxes(tuple(boxes[i])), 256, 256)
+        np.testing.assert_allclose(locs[i].numpy(), expected, rtol=1e-6)
+    with pytest.raises(KbenchError, match="has no 'nope' view"):
+        feats.view("nope", positions)

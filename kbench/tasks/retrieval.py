@@ -60,7 +60,7 @@ class RetrievalTask(Task):
             scores = self.score(trial, pretrained, test, lists, f"{self.name} score (pre-trained)")
             metrics |= {f"pretrained_{k}": v for k, v in self.rank(scores, lists).items()}
         recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
-        model, curves = trial.finetuned(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
+        model, curves = trial.memo(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
         metrics |= self.rank(self.score(trial, model, test, lists, f"{self.name} score"), lists)
         return TaskResult(metrics, {f"candidates_{self.name}.json": lists.to_json()}, curves)
 

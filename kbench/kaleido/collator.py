@@ -1,0 +1,136 @@
+"""Kaleido-BERT's pre-training batches: AGM chooses what to mask, AKPM corrupts the patches, AMLM the text.
+
+Text-side choices follow the alignments of the text's own product, so a mismatched ITM pair is masked
+exactly like a matched one and masking reveals nothing about the ITM label.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from kbench.batches import ModelData
+from kbench.kaleido.agm import PATCH_BUDGETS, Pair, plan_masks, text_budget
+from kbench.kaleido.akpm import (
+    NUM_ROTATIONS,
+    PERMUTATIONS,
+    TASK_LEVEL,
+    camouflage_sources,
+    draw,
+    gather_cells,
+    jigsaw,
+    replace_cells,
+    rotate,
+)
+from kbench.masking import apply_token_mask
+from kbench.patches import get_scheme
+from kbench.text import TokenizedText
+
+# What AAG aligned in one example: (word, level as grid size, row-major cell).
+WordAlignment = tuple[str, int, int]
+
+
+def index_words(
+    tokenizer: PreTrainedTokenizerBase, text: TokenizedText, aligned: Sequence[Sequence[WordAlignment]]
+) -> tuple[list[np.ndarray], list[list[Pair]]]:
+    """Per example: the token count of each word, and the alignments as (word index, level, cell) pairs.
+
+    A word is the run of word-piece tokens sharing a word index; an aligned word string pairs with every
+    occurrence of that word in the text.
+    """
+    sizes, pairs = [], []
+    for e in range(len(text.input_ids)):
+        word_ids = text.word_ids[e].numpy()
+        inside = word_ids >= 0
+        sizes.append(np.bincount(word_ids[inside]) if inside.any() else np.zeros(0, dtype=np.int64))
+        spelled: dict[int, str] = defaultdict(str)
+        for token, w in zip(tokenizer.convert_ids_to_tokens(text.input_ids[e].tolist()), word_ids, strict=True):
+            if w >= 0:
+                spelled[int(w)] += token.removeprefix("##")
+        occurrences: dict[str, list[int]] = defaultdict(list)
+        for w, word in spelled.items():
+            occurrences[word].append(w)
+        pairs.append([(w, n, c) for word, n, c in aligned[e] for w in occurrences.get(word, [])])
+    return sizes, pairs
+
+
+class KaleidoCollator:
+    """Builds the AMLM, ITM and AKPM inputs and targets of a batch of (possibly mismatched) pairs."""
+
+    def __init__(
+        self,
+        config,
+        tokenizer: PreTrainedTokenizerBase,
+        data: ModelData,
+        aligned: Sequence[Sequence[WordAlignment]],
+    ) -> None:
+        self.config = config
+        self.mask_token_id = tokenizer.mask_token_id
+        self.data = data
+        scheme = get_scheme(config.patch_scheme)
+        self.slices = dict(zip(scheme.levels, scheme.level_slices(), strict=True))
+        self.tasks = config.pretext_tasks
+        self.budgets = {TASK_LEVEL[t]: PATCH_BUDGETS[TASK_LEVEL[t]] for t in ("cp", "g2cm", "b2cm") if t in self.tasks}
+        self.word_sizes, self.pairs = index_words(tokenizer, data.text, aligned)
+        self.product_ids = data.split.meta["product_id"].to_numpy()
+
+    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        images = batch.pop("image_positions").numpy()
+        texts = batch.pop("text_positions").numpy()
+        word_ids = batch.pop("word_ids")
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        chosen, cells = self.plan(texts, word_ids, rng)
+        batch["input_ids"], batch["mlm_labels"] = apply_token_mask(
+            batch["input_ids"], chosen, self.mask_token_id, self.config.vocab_size, generator
+        )
+        clean = batch["patch_features"]
+        feats = clean.clone()
+        n = len(images)
+        if "rr" in self.tasks:
+            part = self.slices[1]
+            batch["rr_labels"] = draw(generator, NUM_ROTATIONS, n)
+            feats[:, part] = rotate(clean[:, part], self.data.features.view("rotated", images), batch["rr_labels"])
+        if "jps" in self.tasks:
+            part = self.slices[2]
+            batch["jps_labels"] = draw(generator, len(PERMUTATIONS), n)
+            feats[:, part] = jigsaw(clean[:, part], batch["jps_labels"])
+        if "cp" in self.tasks:
+            part = self.slices[3]
+            sources = camouflage_sources(self.product_ids[images], rng)
+            source_cells = torch.from_numpy(rng.integers(9, size=n))
+            decoy = clean[:, part][torch.from_numpy(sources), source_cells][:, None]
+            feats[:, part] = replace_cells(feats[:, part], cells[3], decoy)
+            batch["cp_labels"] = cells[3][:, 0]
+        if "g2cm" in self.tasks:
+            part = self.slices[4]
+            batch["grey_cells"], batch["grey_targets"] = cells[4], gather_cells(clean[:, part], cells[4])
+            grey = gather_cells(self.data.features.view("grey", images), cells[4])
+            feats[:, part] = replace_cells(feats[:, part], cells[4], grey)
+        if "b2cm" in self.tasks:
+            part = self.slices[5]
+            batch["blank_cells"], batch["blank_targets"] = cells[5], gather_cells(clean[:, part], cells[5])
+            feats[:, part] = replace_cells(feats[:, part], cells[5], torch.zeros_like(batch["blank_targets"]))
+        batch["patch_features"] = feats
+        return batch
+
+    def plan(
+        self, texts: np.ndarray, word_ids: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """AGM for every pair: the (B, T) masked token positions and each level's (B, budget) masked cells."""
+        chosen = torch.zeros(word_ids.shape, dtype=torch.bool)
+        cells = {n: torch.zeros(len(texts), k, dtype=torch.long) for n, k in self.budgets.items()}
+        c = self.config
+        for i, t in enumerate(texts):
+            sizes = self.word_sizes[t]
+            budget = text_budget(int(sizes.sum()), c.mlm_probability, c.max_masked_tokens)
+            plan = plan_masks(
+                sizes, self.pairs[t], budget, self.budgets, c.agm == "agm", c.token_side_probability, rng
+            )
+            chosen[i] = torch.isin(word_ids[i], torch.tensor(plan.words, dtype=torch.long))
+            for n in self.budgets:
+                cells[n][i] = torch.tensor(plan.cells[n])
+        return chosen, cells

@@ -1,0 +1,32 @@
+"""KPG, the kaleido patch generator (Kaleido-BERT §3.2): which grids are cut over which box of each image.
+
+``scale-fixed`` is an 8x8 grid over the whole image (FashionBERT's, the paper's Scheme-1); ``kaleido`` the
+1x1..5x5 pyramid of 55 patches over the whole image (Scheme-2); ``kaleido+sod`` the pyramid over the box a
+salient-object detector locks around the garment (Scheme-3, the full model).
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from kbench.errors import KbenchError
+from kbench.features import Patching
+from kbench.patches import KALEIDO, get_scheme
+
+KPG_VARIANTS = ("scale-fixed", "kaleido", "kaleido+sod")
+SCALE_FIXED_GRID = "grid-8"
+
+
+def check_kpg(name: str) -> None:
+    """Refuse an unknown KPG variant with the closest known one."""
+    if name not in KPG_VARIANTS:
+        close = difflib.get_close_matches(name, KPG_VARIANTS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(KPG_VARIANTS)}"
+        raise KbenchError(f"unknown kpg {name!r}{hint}")
+
+
+def kpg_patching(name: str, saliency: str, akpm_views: bool) -> Patching:
+    """The feature-store patching of KPG variant ``name``; ``saliency`` names the detector that locks the box."""
+    check_kpg(name)
+    scheme = get_scheme(SCALE_FIXED_GRID) if name == "scale-fixed" else KALEIDO
+    return Patching(scheme, saliency if name == "kaleido+sod" else None, akpm_views)

@@ -1,0 +1,337 @@
+"""Kaleido-BERT: AGM's invariants, each AKPM corruption and its label, the collator, the model and its heads."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import BertModel
+
+from kbench.batches import ModelData
+from kbench.data.splits import Split
+from kbench.errors import KbenchError
+from kbench.features import PatchFeatures
+from kbench.kaleido.agm import PATCH_BUDGETS, plan_masks, text_budget
+from kbench.kaleido.akpm import (
+    AKPM_VARIANTS,
+    PERMUTATIONS,
+    gather_cells,
+    jigsaw,
+    parse_akpm,
+    replace_cells,
+    rotate,
+    unjigsaw,
+)
+from kbench.kaleido.collator import KaleidoCollator, index_words
+from kbench.kaleido.kpg import kpg_patching
+from kbench.kaleido.model import KaleidoBertConfig, KaleidoBertForPreTraining
+from kbench.losses import feature_kl
+from kbench.patches import KALEIDO
+from kbench.text import bundled_checkpoint, load_tokenizer, tokenize
+from kbench.zoo import MODELS, build_model, check_options
+
+SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "hidden_dropout_prob": 0.0,
+    "attention_probs_dropout_prob": 0.0,
+}
+D = 12
+TEXTS = [
+    "Cotton shirt in navy. Spread collar. Button closure at front. Patch pocket at chest.",
+    "Wool sweater in red. Ribbed crewneck. Logo at chest.",
+    "Denim jeans in black. Five-pocket styling. Zip fly.",
+    "Leather tote bag in tan. Twin handles. Logo stamp at front.",
+]
+ALIGNED = [
+    [("collar", 3, 1), ("collar", 4, 1), ("collar", 5, 2), ("pocket", 3, 3), ("pocket", 5, 11), ("navy", 4, 5)],
+    [("logo", 3, 4), ("logo", 4, 5), ("logo", 5, 12), ("red", 3, 4)],
+    [],
+    [("handles", 3, 1), ("handles", 5, 2), ("logo", 4, 9), ("tan", 4, 10)],
+]
+
+
+def test_akpm_specs_parse_to_the_papers_task_sets() -> None:
+    assert parse_akpm("B") == ()
+    assert parse_akpm("B+I") == ("rr",)
+    assert parse_akpm("B+I~III") == ("rr", "jps", "cp")
+    assert parse_akpm("B+I~V") == ("rr", "jps", "cp", "g2cm", "b2cm")
+    assert parse_akpm("B+V") == ("b2cm",)
+    assert parse_akpm("B+II+IV") == ("jps", "g2cm")
+    assert [len(parse_akpm(v)) for v in AKPM_VARIANTS] == [0, 1, 2, 3, 4, 5, 1]
+    for bad in ("I~V", "B+VI", "B+III~I", "B+"):
+        with pytest.raises(KbenchError, match="bad akpm"):
+            parse_akpm(bad)
+
+
+def test_the_24_permutation_table() -> None:
+    assert PERMUTATIONS.shape == (24, 4)
+    assert [tuple(p) for p in PERMUTATIONS.tolist()] == list(itertools.permutations(range(4)))
+    assert PERMUTATIONS[0].tolist() == [0, 1, 2, 3] and PERMUTATIONS[23].tolist() == [3, 2, 1, 0]
+
+
+def test_each_corruption_is_recovered_by_its_label() -> None:
+    g = torch.Generator().manual_seed(0)
+    b = 24
+    whole, rotated = torch.rand(b, 1, D, generator=g), torch.rand(b, 3, D, generator=g)
+    labels = torch.arange(b) % 4
+    out = rotate(whole, rotated, labels)
+    for i in range(b):
+        expected = whole[i, 0] if labels[i] == 0 else rotated[i, labels[i] - 1]
+        assert torch.equal(out[i, 0], expected)
+
+    quarters = torch.rand(b, 4, D, generator=g)
+    perm = torch.arange(b)
+    shuffled = jigsaw(quarters, perm)
+    for i in range(b):
+        for slot in range(4):
+            assert torch.equal(shuffled[i, slot], quarters[i, PERMUTATIONS[i, slot]])
+    assert torch.equal(unjigsaw(shuffled, perm), quarters)
+    assert torch.equal(shuffled[0], quarters[0])  # label 0 is the identity
+
+    level3, decoy = torch.rand(b, 9, D, generator=g), torch.rand(b, 1, D, generator=g)
+    cells = torch.randint(9, (b, 1), generator=g)
+    camouflaged = replace_cells(level3, cells, decoy)
+    changed = (camouflaged != level3).any(-1)
+    assert torch.equal(changed.float().argmax(1), cells[:, 0]) and (changed.sum(1) == 1).all()
+
+    level5 = torch.rand(b, 25, D, generator=g) + 0.1
+    blank = torch.stack([torch.randperm(25, generator=g)[:3] for _ in range(b)])
+    zeroed = replace_cells(level5, blank, torch.zeros(b, 3, D))
+    assert torch.equal((zeroed == 0).all(-1).nonzero()[:, 1].view(b, 3).sort(1).values, blank.sort(1).values)
+    assert torch.equal(gather_cells(level5, blank), level5[torch.arange(b)[:, None], blank])
+
+
+def test_agm_budgets_and_never_both_sides_of_a_pair() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        n_words = int(rng.integers(3, 15))
+        sizes = rng.integers(1, 3, size=n_words)
+        pairs = [
+            (int(rng.integers(n_words)), int(n), int(rng.integers(n * n)))
+            for n in (3, 4, 5)
+            for _ in range(int(rng.integers(0, 4)))
+        ]
+        budget = text_budget(int(sizes.sum()), 0.15, 10)
+        plan = plan_masks(sizes, pairs, budget, PATCH_BUDGETS, True, 0.5, rng)
+        assert {n: len(c) for n, c in plan.cells.items()} == PATCH_BUDGETS
+        for n, cells in plan.cells.items():
+            assert len(set(cells)) == len(cells) and all(0 <= c < n * n for c in cells)
+        assert len(set(plan.words)) == len(plan.words)
+        assert sizes[plan.words].sum() <= budget
+        paired = {w for w, n, c in pairs if c in plan.cells[n]}
+        maskable = [w for w in range(n_words) if w not in paired and sizes[w] <= budget]
+        assert plan.words or not maskable, "a text keeps its budget unless every word's partner is masked"
+        for w, n, c in pairs:
+            assert not (w in plan.words and c in plan.cells[n]), f"trial {trial}: both sides of {(w, n, c)} masked"
+
+
+def test_agm_takes_aligned_pairs_first_and_falls_back_to_random() -> None:
+    rng = np.random.default_rng(1)
+    sizes = np.ones(20, dtype=np.int64)
+    pairs = [(4, 3, 7), (9, 4, 2), (9, 5, 13), (11, 5, 0)]
+    hits = 0
+    for _ in range(200):
+        plan = plan_masks(sizes, pairs, 3, PATCH_BUDGETS, True, 0.5, rng)
+        # every pair is taken on one side or the other: the word or the cell is masked
+        taken = [(w in plan.words) or (c in plan.cells[n]) for w, n, c in pairs]
+        hits += all(taken)
+    assert hits == 200
+    # with no alignments every budget is still filled, at random
+    plan = plan_masks(sizes, [], 3, PATCH_BUDGETS, True, 0.5, rng)
+    assert len(plan.words) == 3 and {n: len(c) for n, c in plan.cells.items()} == PATCH_BUDGETS
+    # the random ablation ignores the pairs: aligned words are no likelier than the others
+    counts = np.zeros(20)
+    for _ in range(2000):
+        counts[plan_masks(sizes, pairs, 3, PATCH_BUDGETS, False, 0.5, rng).words] += 1
+    assert abs(counts[[4, 9, 11]].mean() / counts.mean() - 1) < 0.15
+
+
+def tiny_data() -> tuple[ModelData, object]:
+    tokenizer = load_tokenizer("bundled")
+    text = tokenize(tokenizer, TEXTS, 24)
+    meta = pd.DataFrame({"row": range(4), "product_id": [10, 11, 12, 13], "description": TEXTS})
+    g = torch.Generator().manual_seed(0)
+    store = PatchFeatures(
+        features=torch.rand(4, 55, D, generator=g) + 0.1,
+        locations=torch.rand(4, 55, 5, generator=g),
+        boxes=np.tile([0, 0, 256, 256], (4, 1)),
+        rows=np.arange(4),
+        store="test",
+        views={"rotated": torch.rand(4, 3, D, generator=g), "grey": torch.rand(4, 16, D, generator=g)},
+    )
+    split = Split("train", Path("unused.h5"), meta, "fp")
+    return ModelData(split, text, store), tokenizer
+
+
+def tiny_model(**options) -> KaleidoBertForPreTraining:
+    torch.manual_seed(0)
+    return build_model("kaleido", None, vocab_size=30522, visual_feature_size=D, **SIZES, **options)
+
+
+def collated(model: KaleidoBertForPreTraining, seed: int = 0) -> tuple[dict, dict]:
+    data, tokenizer = tiny_data()
+    images = torch.tensor([0, 1, 2, 3, 0, 1])
+    texts = torch.tensor([0, 1, 2, 3, 2, 3])  # the last two pairs are mismatched
+    raw = data.inputs(images.numpy(), texts.numpy())
+    raw |= {"itm_labels": (images == texts).long(), "image_positions": images, "text_positions": texts}
+    collate = KaleidoCollator(model.config, tokenizer, data, ALIGNED)
+    return collate(dict(raw), torch.Generator().manual_seed(seed)), raw
+
+
+def test_words_are_indexed_from_word_pieces() -> None:
+    data, tokenizer = tiny_data()
+    sizes, pairs = index_words(tokenizer, data.text, ALIGNED)
+    tokens = tokenizer.convert_ids_to_tokens(data.text.input_ids[0].tolist())
+    words = data.text.word_ids[0].tolist()
+    for w, n, c in pairs[0]:
+        spelled = "".join(t.removeprefix("##") for t, i in zip(tokens, words, strict=True) if i == w)
+        assert (spelled, n, c) in ALIGNED[0]
+    assert len(pairs[0]) == 6 and pairs[2] == []
+    assert sizes[0].sum() == (data.text.word_ids[0] >= 0).sum()
+
+
+def test_collator_corrupts_each_level_as_its_labels_say() -> None:
+    model = tiny_model()
+    batch, raw = collated(model)
+    clean, feats = raw["patch_features"], batch["patch_features"]
+    data, _ = tiny_data()
+    images = raw["image_positions"]
+    s1, s2, s3, s4, s5 = KALEIDO.level_slices()
+    rr = batch["rr_labels"]
+    for i in range(len(images)):
+        expected = (
+            clean[i, s1][0] if rr[i] == 0 else data.features.view("rotated", images[i : i + 1].numpy())[0][rr[i] - 1]
+        )
+        assert torch.equal(feats[i, s1][0], expected)
+    assert torch.equal(unjigsaw(feats[:, s2], batch["jps_labels"]), clean[:, s2])
+    changed = (feats[:, s3] != clean[:, s3]).any(-1)
+    assert torch.equal(changed.nonzero()[:, 1], batch["cp_labels"])  # exactly the labelled cell moved
+    grey = data.features.view("grey", images.numpy())
+    assert torch.equal(gather_cells(feats[:, s4], batch["grey_cells"]), gather_cells(grey, batch["grey_cells"]))
+    assert torch.equal(batch["grey_targets"], gather_cells(clean[:, s4], batch["grey_cells"]))
+    assert (gather_cells(feats[:, s5], batch["blank_cells"]) == 0).all()
+    assert torch.equal(batch["blank_targets"], gather_cells(clean[:, s5], batch["blank_cells"]))
+    untouched = torch.ones(len(images), 25, dtype=torch.bool)
+    untouched[torch.arange(len(images))[:, None], batch["blank_cells"]] = False
+    assert torch.equal(feats[:, s5][untouched], clean[:, s5][untouched])
+    # text: whole words, at most 10 tokens, never special tokens; mismatched pairs are masked alike
+    labelled = batch["mlm_labels"] != -100
+    assert (labelled.sum(1) >= 1).all() and (labelled.sum(1) <= 10).all()
+    assert not labelled[raw["word_ids"] < 0].any()
+    for i in range(len(images)):
+        masked_words = set(raw["word_ids"][i][labelled[i]].tolist())
+        assert labelled[i].sum() == sum((raw["word_ids"][i] == w).sum() for w in masked_words)
+
+
+def test_collator_respects_the_selected_tasks() -> None:
+    batch, raw = collated(tiny_model(akpm="B+V"))
+    assert {"rr_labels", "jps_labels", "cp_labels", "grey_cells"}.isdisjoint(batch) and "blank_cells" in batch
+    s = KALEIDO.level_slices()
+    assert torch.equal(batch["patch_features"][:, : s[4].start], raw["patch_features"][:, : s[4].start])
+    batch, raw = collated(tiny_model(akpm="B"))
+    assert torch.equal(batch["patch_features"], raw["patch_features"])
+
+
+def test_forward_losses_heads_and_shapes() -> None:
+    model = tiny_model().eval()
+    batch, _ = collated(model)
+    out = model(**batch)
+    assert set(out.losses) == {f"{t}_loss" for t in ("mlm", "itm", "rr", "jps", "cp", "g2cm", "b2cm")}
+    assert set(out.accuracies) == {f"{t}_acc" for t in ("mlm", "itm", "rr", "jps", "cp")}
+    torch.testing.assert_close(out.loss, sum(out.losses.values()))  # the paper's unweighted sum
+    assert model.jps_head.in_features == 4 * 32 and model.cp_head.in_features == 9 * 32
+    assert model.g2cm_head.bias is None and model.g2cm_head.out_features == D
+    # G2CM is the KL of the head's output at the grey cells against their colour features
+    hidden = model.vl(batch["input_ids"], batch["attention_mask"], batch["patch_features"], batch["patch_locations"])
+    level4 = hidden.last_hidden_state[:, 24 + 14 : 24 + 30]
+    direct = feature_kl(model.g2cm_head(gather_cells(level4, batch["grey_cells"])), batch["grey_targets"])
+    torch.testing.assert_close(out.losses["g2cm_loss"], direct)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "patch_features", "patch_locations")}
+    assert model.itm_logits(**inputs).shape == (6, 2) and model.pooled_output(**inputs).shape == (6, 32)
+    assert hidden.last_hidden_state.shape == (6, 24 + 55, 32)
+
+
+def test_patch_embeddings_have_one_projection_and_layernorm_per_level() -> None:
+    emb = tiny_model().vl.patch_embeddings
+    assert len(emb.feature_projections) == 5 and len(emb.LayerNorm) == 5
+    assert all(p.bias is None for p in emb.feature_projections) and emb.location_projection.bias is None
+    assert emb.level_embeddings.num_embeddings == 6
+    # a level's type embedding moves only that level's outputs
+    emb.eval()
+    feats, locs = torch.rand(2, 55, D), torch.rand(2, 55, 5)
+    before = emb(feats, locs)
+    with torch.no_grad():
+        emb.level_embeddings.weight[3] += 1.0
+    moved = (emb(feats, locs) - before).abs().sum(-1) > 1e-6
+    assert moved[:, 5:14].all() and not moved[:, :5].any() and not moved[:, 14:].any()
+
+
+def test_sigmoid_itm_head_scores_like_a_sigmoid() -> None:
+    model = tiny_model(itm_head="sigmoid")
+    assert model.itm_head.out_features == 1
+    pooled = torch.randn(5, 32)
+    logits = model.itm_from_pooled(pooled)
+    torch.testing.assert_close(logits.softmax(-1)[:, 1], torch.sigmoid(model.itm_head(pooled)[:, 0]))
+
+
+def test_scale_fixed_has_no_level_tasks_and_options_are_checked() -> None:
+    config = KaleidoBertConfig(kpg="scale-fixed", visual_feature_size=D, **SIZES)
+    assert config.patch_scheme == "grid-8" and config.pretext_tasks == ()
+    assert KaleidoBertForPreTraining.patching(config).saliency is None
+    full = KaleidoBertForPreTraining.patching(KaleidoBertConfig())
+    assert full.scheme is KALEIDO and full.saliency == "border-contrast" and full.akpm_views
+    assert kpg_patching("kaleido", "border-contrast", False).saliency is None
+    check_options("kaleido", {"kpg": "kaleido", "akpm": "B+V", "agm": "random"})
+    for options, message in (
+        ({"kpg": "kaleidoscope"}, "unknown kpg"),
+        ({"akpm": "B+X"}, "bad akpm"),
+        ({"agm": "guided"}, "unknown agm"),
+        ({"itm_head": "tanh"}, "unknown itm_head"),
+    ):
+        with pytest.raises(KbenchError, match=message):
+            KaleidoBertConfig(**options)
+    assert MODELS.get("kaleido") is KaleidoBertForPreTraining
+
+
+def test_every_loss_decreases_on_a_tiny_batch() -> None:
+    model = tiny_model()
+    batch, _ = collated(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = {k: v.item() for k, v in model(**batch).losses.items()}
+    for _ in range(60):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    for name in first:
+        assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = tiny_model(akpm="B+I~III", itm_head="sigmoid").eval()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    loaded = KaleidoBertForPreTraining.from_pretrained(tmp_path).eval()
+    assert loaded.config.akpm == "B+I~III" and loaded.config.kpg == "kaleido+sod" and loaded.g2cm_head is None
+    batch, _ = collated(model)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "patch_features", "patch_locations")}
+    torch.testing.assert_close(loaded.itm_logits(**inputs), model.itm_logits(**inputs))
+    torch.testing.assert_close(loaded.jps_head.weight, model.jps_head.weight)
+    assert loaded.mlm_head.predictions.decoder.weight is loaded.vl.embeddings.word_embeddings.weight
+
+
+def test_initialised_from_the_bundled_bert_checkpoint() -> None:
+    path = str(bundled_checkpoint())
+    model = build_model("kaleido", path, visual_feature_size=D)
+    bert = BertModel.from_pretrained(path)
+    assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
+    for name, tensor in bert.state_dict().items():
+        assert torch.equal(model.vl.state_dict()[name], tensor), name
+    assert model.vl.patch_embeddings.feature_projections[0].out_features == 384
