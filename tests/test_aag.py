@@ -12,10 +12,13 @@ import torch
 
 from kbench.config import AlignmentConfig, DataConfig, SynthConfig
 from kbench.data.fashiongen import read_splits
+from kbench.data.splits import Split
 from kbench.data.synth import generate
+from kbench.encoders import build_encoder
 from kbench.kaleido.aag import (
     STOPWORDS,
     Alignments,
+    align,
     assign_cells,
     attention_loss,
     cell_overlap,
@@ -49,8 +52,13 @@ def test_all_attention_on_one_feature_cell_goes_to_the_cell_holding_most_of_it(s
         torch.testing.assert_close((one_hot @ overlap.T).sum(-1), torch.ones(size * size))
         expected = [brute_force_cell(n, size, k // size, k % size) for k in range(size * size)]
         assert assign_cells(one_hot, overlap).tolist() == expected
-    # 14 x 14 at level 3: feature cell (0, 0) lies in cell 0, (13, 13) in cell 8, (7, 2) in row 1, column 0
-    assert assign_cells(one_hot[[0, 195, 7 * 14 + 2]], cell_overlap(3, 14, 14)).tolist() == [0, 8, 3]
+
+
+def test_feature_cells_land_in_the_expected_grid_cells() -> None:
+    one_hot = torch.eye(14 * 14)[[0, 195, 7 * 14 + 2, 3]]  # feature cells (0, 0), (13, 13), (7, 2), (0, 3)
+    assert assign_cells(one_hot, cell_overlap(3, 14, 14)).tolist() == [0, 8, 3, 0]
+    assert assign_cells(one_hot, cell_overlap(5, 14, 14)).tolist() == [0, 24, 10, 1]
+    assert assign_cells(one_hot, cell_overlap(4, 14, 14)).tolist() == [0, 15, 8, 0]  # (0, 3) is split evenly
 
 
 def test_attention_mass_spread_over_cells() -> None:
@@ -95,13 +103,14 @@ def test_score_alignments_on_a_hand_made_example() -> None:
 
 
 @pytest.fixture(scope="module")
-def synth_train(tmp_path_factory: pytest.TempPathFactory):
+def synth_train(tmp_path_factory: pytest.TempPathFactory) -> Split:
+    """The training split of a tiny SynthFashion (two of its 40 products carved out for dev)."""
     root = tmp_path_factory.mktemp("synth-aag")
     generate(root, SynthConfig(products_train=40, products_test=5, max_poses=1))
     return read_splits(root, DataConfig(dataset="synth", data_dir=str(root)), "synth").train
 
 
-def test_load_alignments_trains_aligns_and_caches(synth_train) -> None:
+def test_load_alignments_trains_aligns_and_caches(synth_train: Split) -> None:
     split = synth_train
     boxes = np.tile([0, 0, 256, 256], (len(split), 1))
     cfg = AlignmentConfig(epochs=8, batch_size=16, hidden_size=64, embed_size=32, attention_size=32, max_words=16)
@@ -123,9 +132,12 @@ def test_load_alignments_trains_aligns_and_caches(synth_train) -> None:
     again = load_alignments(*args)
     assert time.perf_counter() - start < 2.0
     assert again == alignments
+    # the same seed trains the same captioner: recomputing gives what the cache holds
+    fresh = align(split, boxes, LEVELS, build_encoder("small-cnn", None), cfg, torch.device("cpu"), 0)
+    assert fresh == alignments
 
 
-def test_read_regions_follows_the_split_rows(synth_train) -> None:
+def test_read_regions_follows_the_split_rows(synth_train: Split) -> None:
     regions = read_regions(synth_train)
     assert regions is not None and len(regions) == len(synth_train)
     for entries, description in zip(regions, synth_train.meta["description"], strict=True):

@@ -18,10 +18,11 @@ SMOKE = ["--profile", "smoke"]
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One `kbench run --model fashionbert --task all --profile smoke` into a fresh SQLite store."""
+    """One `kbench run --model fashionbert,kaleido --task all --profile smoke` into a fresh SQLite store."""
     root = tmp_path_factory.mktemp("run")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    argv = ["run", "--model", "fashionbert", "--task", "all", *SMOKE, "--tracking-uri", uri, "--experiment", "e2e"]
+    models = "fashionbert,kaleido"
+    argv = ["run", "--model", models, "--task", "all", *SMOKE, "--tracking-uri", uri, "--experiment", "e2e"]
     code = main(argv)
     return {"code": code, "uri": uri, "root": root}
 
@@ -32,10 +33,10 @@ def test_run_logs_every_task_to_mlflow(smoke_run: dict) -> None:
     experiment = client.get_experiment_by_name("e2e")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 1
-    assert parents[0].info.status == "FINISHED" and children[0].info.status == "FINISHED"
-    child = children[0]
+    children = {r.data.tags["kbench.model"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(parents) == 1 and sorted(children) == ["fashionbert", "kaleido"]
+    assert parents[0].info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children.values())
+    child = children["fashionbert"]
     assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     tags = child.data.tags
     assert tags["kbench.model"] == "fashionbert" and tags["kbench.seed"] == "0" and tags["kbench.profile"] == "smoke"
@@ -98,6 +99,24 @@ def test_table_is_rebuilt_from_mlflow(smoke_run: dict, capsys: pytest.CaptureFix
     assert lines[0].startswith("model,source,seeds,ITR R@1,ITR R@1 CI95,ITR R@5")
     assert lines[1].startswith("FashionBERT,paper,,23.96,,46.31,,52.12,,26.75,,46.48,,55.74,,251.36,,91.25,,0.705,")
     assert lines[2].startswith("fashionbert,kbench,1,")
+    assert lines[3].startswith("Kaleido-BERT,paper,,27.99,,60.09,,68.37,")
+    assert lines[4].startswith("kaleido,kbench,1,")
+
+
+def test_kaleido_logs_its_pretext_tasks_and_measurements(smoke_run: dict) -> None:
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    experiment = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([experiment.experiment_id], "tags.`kbench.model` = 'kaleido'")
+    assert len(runs) == 1
+    metrics = runs[0].data.metrics
+    pretext = {f"pretrain/{t}_loss" for t in ("mlm", "itm", "rr", "jps", "cp", "g2cm", "b2cm")}
+    pretext |= {f"pretrain/{t}_acc" for t in ("mlm", "itm", "rr", "jps", "cp")}
+    measured = {f"aag/{m}_l{n}" for m in ("precision", "recall", "chance") for n in (3, 4, 5)}
+    measured |= {"kpg/iou", "kpg/iou75", "aag/words_per_image", "time/prepare_s", "sums/SumR", "fc/CIDEr"}
+    assert pretext | measured <= set(metrics)
+    assert metrics["kpg/iou"] > 0.8, "the saliency lock finds SynthFashion's garments"
+    assert all(0 <= metrics[f"aag/precision_l{n}"] <= 1 for n in (3, 4, 5))
+    assert 0 <= metrics["pretrain/jps_acc"] <= 1 and metrics["pretrain/b2cm_loss"] > 0
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
@@ -156,7 +175,9 @@ def test_bad_data_files_stop_before_any_run(
 
 def test_ls_and_config(capsys: pytest.CaptureFixture) -> None:
     assert main(["ls", "models"]) == 0
-    assert capsys.readouterr().out.startswith("fashionbert  FashionBERT-style single stream [text | 8x8 patches]")
+    models = capsys.readouterr().out.splitlines()
+    assert models[0].startswith("fashionbert  FashionBERT-style single stream [text | 8x8 patches]")
+    assert models[1].startswith("kaleido      Kaleido-BERT: single stream [text | 55 kaleido patches")
     assert main(["ls", "tasks"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["cr", "fc", "itr", "sub", "tir"]

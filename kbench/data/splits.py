@@ -12,6 +12,13 @@ import pandas as pd
 from kbench.data.layout import IMAGE_KEY
 
 
+def read_rows(images: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """``images[rows]``, read as slices of consecutive rows (h5py's point selection is some 20x slower)."""
+    unique, inverse = np.unique(rows, return_inverse=True)
+    runs = np.split(unique, np.flatnonzero(np.diff(unique) != 1) + 1)
+    return np.concatenate([images[run[0] : run[-1] + 1] for run in runs])[inverse]
+
+
 @dataclass
 class Split:
     """The examples of one split, one per image row.
@@ -30,11 +37,8 @@ class Split:
 
     def read_images(self, positions: np.ndarray) -> np.ndarray:
         """The ``(len(positions), H, W, 3)`` uint8 images of the examples at ``positions``."""
-        rows = self.meta["row"].to_numpy()[np.asarray(positions)]
-        unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing indices
         with h5py.File(self.path, "r") as f:
-            block = f[IMAGE_KEY][unique]
-        return block[inverse]
+            return read_rows(f[IMAGE_KEY], self.meta["row"].to_numpy()[np.asarray(positions)])
 
     def subset(self, positions: np.ndarray, name: str) -> Split:
         meta = self.meta.iloc[np.asarray(positions)].reset_index(drop=True)

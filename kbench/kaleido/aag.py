@@ -6,7 +6,9 @@ descriptions; each image's greedily decoded caption then gives one attention map
 leaves the matching of generated to description words and the map-to-cell rule unspecified; we match lower-cased
 alphabetic words (``WORD``), keep the generated words that occur in the image's own description except function
 words (``STOPWORDS``) and align each to the arg-max cell, by attention mass, of every requested grid level.
-Alignments are cached per (data file, rows, boxes, levels, encoder, config, seed): training is the costly part.
+Two choices keep the attention from staying flat: the encoder's sparse post-ReLU maps are standardised per
+channel, and the objective weighs the regulariser against each caption's summed (not mean) word likelihood,
+as the paper's does. Alignments are cached per (data file, rows, boxes, levels, encoder, config, seed).
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from filelock import FileLock
 from torch import nn
 
 from kbench.config import AlignmentConfig, digest
-from kbench.data.layout import decode
-from kbench.data.splits import Split
+from kbench.data.layout import IMAGE_KEY, decode
+from kbench.data.splits import Split, read_rows
 from kbench.encoders import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, build_encoder
 from kbench.errors import KbenchError
 from kbench.features import resize
@@ -108,7 +110,7 @@ class Decoder(nn.Module):
         self.attention = Attention(feature_size, cfg.hidden_size, cfg.attention_size)
         self.init_h = nn.Linear(feature_size, cfg.hidden_size)
         self.init_c = nn.Linear(feature_size, cfg.hidden_size)
-        self.gate = nn.Linear(cfg.hidden_size, feature_size)  # SAT's gating scalar beta, one per channel
+        self.gate = nn.Linear(cfg.hidden_size, feature_size)  # SAT's gate beta, per channel as is common
         self.cell = nn.LSTMCell(cfg.embed_size + feature_size, cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size + feature_size, vocab_size)
 
@@ -142,15 +144,19 @@ class Decoder(nn.Module):
         return self.out(torch.stack(outputs, 1)), torch.stack(alphas, 1)
 
     def greedy(self, features: torch.Tensor, max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedily decoded tokens ``(B, max_words)`` and the attention map of each ``(B, max_words, L)``."""
+        """Greedily decoded tokens ``(B, T)`` and the attention map of each ``(B, T, L)``, ``T <= max_words``."""
         projected, state = self.start(features)
         tokens = torch.full((len(features),), START_ID, dtype=torch.long, device=features.device)
+        ended = torch.zeros_like(tokens, dtype=torch.bool)
         out, alphas = [], []
         for _ in range(max_words):
             output, state, alpha = self.step(tokens, state, features, projected)
             tokens = self.out(output).argmax(-1)
             out.append(tokens)
             alphas.append(alpha)
+            ended |= tokens == END_ID
+            if ended.all():
+                break
         return torch.stack(out, 1), torch.stack(alphas, 1)
 
 
@@ -164,13 +170,13 @@ def cell_overlap(n: int, h: int, w: int) -> torch.Tensor:
     """``(n*n, h*w)``: the share of each feature cell's area inside each cell of the ``n x n`` grid (columns sum to 1).
 
     Both grids tile the box in normalised coordinates: grid cell ``c`` spans ``[c/n, (c+1)/n]``, feature cell
-    ``j`` of ``w`` spans ``[j/w, (j+1)/w]``.
+    ``j`` of ``w`` spans ``[j/w, (j+1)/w]``. Lengths are counted in integer units of ``1/(n*m)`` so that a feature
+    cell split evenly gives exactly equal shares (the arg-max then takes the first cell).
     """
 
     def shares(m: int) -> torch.Tensor:  # (n, m): length of [c/n, (c+1)/n] & [j/m, (j+1)/m], times m
-        lo = torch.maximum(torch.arange(n).view(-1, 1) / n, torch.arange(m).view(1, -1) / m)
-        hi = torch.minimum(torch.arange(1, n + 1).view(-1, 1) / n, torch.arange(1, m + 1).view(1, -1) / m)
-        return (hi - lo).clamp(min=0) * m
+        c, j = torch.arange(n).view(-1, 1), torch.arange(m).view(1, -1)
+        return (torch.minimum((c + 1) * m, (j + 1) * n) - torch.maximum(c * m, j * n)).clamp(min=0) / n
 
     return torch.einsum("ri,cj->rcij", shares(h), shares(w)).reshape(n * n, h * w)
 
@@ -214,7 +220,7 @@ def load_alignments(
         dataclasses.asdict(cfg),
         seed,
     )
-    path = cache_dir("alignments") / f"{split.path.stem}-{split.name}-{box_key}-{key}.json"
+    path = cache_dir("alignments") / f"{split.path.stem}-{split.name}-{key}.json"
     with FileLock(str(path) + ".lock"):
         if not path.exists():
             log.info("training the AAG captioner on %d images of %s", len(split), split.path.name)
@@ -277,28 +283,46 @@ def align_words(
 def grid_features(
     split: Split, boxes: np.ndarray, encoder: PatchEncoder, cfg: AlignmentConfig, device: torch.device
 ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``(N, h*w, C)`` float16 feature maps of every example's box crop, and the map size ``(h, w)``."""
+    """``(N, h*w, C)`` float16 feature maps of every example's box crop, and the map size ``(h, w)``.
+
+    Each channel is standardised over all cells of the split: the encoder's post-ReLU maps are sparse and
+    small, which leaves the additive attention scores nearly flat.
+    """
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    chunks = []
-    with stage("AAG features", len(split)) as advance:
+    rows = split.meta["row"].to_numpy()
+    chunks, moments = [], torch.zeros(2, encoder.out_dim, dtype=torch.float64, device=device)
+    with h5py.File(split.path, "r") as f, stage("AAG features", len(split)) as advance:
         for start in range(0, len(split), cfg.batch_size):
             positions = np.arange(start, min(start + cfg.batch_size, len(split)))
-            x = torch.from_numpy(split.read_images(positions)).to(device).permute(0, 3, 1, 2).float().div_(255)
+            x = torch.from_numpy(read_rows(f[IMAGE_KEY], rows[positions])).to(device).permute(0, 3, 1, 2)
+            x = x.float().div_(255)
             crops = [
                 resize(img[None, :, y1:y2, x1:x2], cfg.crop_size)
                 for img, (x1, y1, x2, y2) in zip(x, boxes[positions].tolist(), strict=True)
             ]
             maps = encoder.feature_map((torch.cat(crops) - mean) / std)
-            chunks.append(maps.flatten(2).transpose(1, 2).to(torch.float16))
+            cells = maps.flatten(2).transpose(1, 2)  # (B, h*w, C)
+            moments += torch.stack([cells.sum((0, 1)), cells.square().sum((0, 1))]).double()
+            chunks.append(cells.to(torch.float16))
             advance(len(positions))
-    return torch.cat(chunks), tuple(maps.shape[-2:])
+    features = torch.cat(chunks)
+    centre = moments[0] / features.shape[0] / features.shape[1]
+    scale = (moments[1] / features.shape[0] / features.shape[1] - centre.square()).clamp(min=1e-12).sqrt()
+    for chunk in features.split(cfg.batch_size):  # in place, a batch at a time
+        chunk.copy_((chunk.double() - centre) / scale)
+    return features, (maps.shape[-2], maps.shape[-1])
 
 
 def train(
     decoder: Decoder, features: torch.Tensor, captions: torch.Tensor, cfg: AlignmentConfig, seed: int
 ) -> list[dict[str, float]]:
-    """Teacher-forced Adam training for ``cfg.epochs`` (fractions allowed); per-epoch mean losses."""
+    """Teacher-forced Adam training for ``cfg.epochs`` (fractions allowed); per-epoch means of the losses.
+
+    The objective is SAT's per caption: the summed word negative log-likelihood plus the attention regulariser
+    (averaging the likelihood over words instead would weigh the regulariser some 20 times more and flatten the
+    attention). ``loss`` is reported per word, ``attention_loss`` per caption.
+    """
     n = len(features)
     per_epoch = math.ceil(n / cfg.batch_size)
     steps = max(1, round(cfg.epochs * per_epoch))
@@ -316,12 +340,13 @@ def train(
             caps = caps[:, : int((caps != PAD_ID).sum(1).max())]  # drop the all-padding tail
             logits, alphas = decoder(features[batch].float(), caps)
             targets = caps[:, 1:]
-            word_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID)
-            att_loss = attention_loss(alphas, (targets != PAD_ID).float(), cfg.attention_reg)
+            mask = (targets != PAD_ID).float()
+            nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum")
+            att_loss = attention_loss(alphas, mask, cfg.attention_reg)
             optimizer.zero_grad(set_to_none=True)
-            (word_loss + att_loss).backward()
+            (nll / len(caps) + att_loss).backward()  # SAT's objective: the caption's NLL plus the regulariser
             optimizer.step()
-            sums += torch.stack([word_loss.detach(), att_loss.detach()]).cpu()
+            sums += torch.stack([nll.detach() / mask.sum(), att_loss.detach()]).cpu()
             advance(1)
             if (step + 1) % per_epoch == 0 or step + 1 == steps:
                 count = (step % per_epoch) + 1
@@ -350,7 +375,7 @@ def score_alignments(
     scorable alignments at level n; ``recall_l{n}`` = share of the attribute mentions (region entries) for which
     at least one of its words got a cell correct for that region at level n; ``chance_l{n}`` = mean, over scorable
     alignments, of the share of the n*n cells that would have been correct (what a random cell would score).
-    ``words_per_image`` counts the distinct aligned words. All are fractions in [0, 1] (NaN when undefined).
+    Those are fractions in [0, 1] (NaN when undefined); ``words_per_image`` is the mean count of aligned words.
     """
     if not (len(alignments.pairs) == len(boxes) == len(regions)):
         raise KbenchError(f"{len(alignments.pairs)} alignments, {len(boxes)} boxes and {len(regions)} region lists")

@@ -54,7 +54,7 @@ def prepare(trial: Trial) -> dict[str, float]:
     if trial.patching.saliency and truth is not None:
         metrics |= {f"kpg/{k}": v for k, v in score_boxes(boxes, truth, size=image_size(train.split)).items()}
     aligned = alignments(trial)
-    metrics["aag/words_per_image"] = float(np.mean([len(p) for p in aligned.pairs]))
+    metrics["aag/words_per_image"] = float(np.mean([len({word for word, _, _ in p}) for p in aligned.pairs]))
     if aligned.history:
         metrics["aag/caption_loss"] = aligned.history[-1]["loss"]
     regions = read_regions(train.split)
