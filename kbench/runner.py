@@ -10,6 +10,7 @@ from kbench.cli import resolve_config
 from kbench.config import Config
 from kbench.data import load_dataset
 from kbench.errors import KbenchError
+from kbench.kaleido.saliency import build_detector
 from kbench.tasks import build_task, parse_tasks
 from kbench.tracking import Tracking, open_experiment, parent_run, tracking_uri
 from kbench.trial import TrialSpec, model_options
@@ -35,6 +36,10 @@ def check_inputs(cfg: Config, models: list[str], tasks: list[str]) -> None:
     """
     for model in models:
         check_options(model, model_options(cfg, model))
+        model_cls = MODELS.get(model)
+        patching = model_cls.patching(model_cls.config_class(**model_options(cfg, model)))  # checks the values
+        if patching.saliency:
+            build_detector(patching.saliency)
     for name in sorted(set(tasks) | set(cfg.tasks)):
         build_task(name, cfg.tasks.get(name, {}))
     dataset = load_dataset(cfg.data)
