@@ -1,4 +1,4 @@
-"""The ``kbench`` command line: ``run``, ``table``, ``ls``, ``config``, ``data``, ``bench``.
+"""The ``kbench`` command line: ``run``, ``ablate``, ``table``, ``ls``, ``config``, ``data``, ``bench``.
 
 Every subcommand is a function of its parsed options, so tests drive the same entry point as users.
 """
@@ -26,18 +26,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pre-train, fine-tune and evaluate models on tasks; print the main table")
-    run.add_argument("--model", default="fashionbert", help="zoo entries, comma-separated, or all")
+    run.add_argument("--model", default="kaleido", help="zoo entries, comma-separated, or all")
     run.add_argument("--task", default="all", help="tasks (itr,tir,cr,sub,fc), comma-separated, or all")
     _add_config_args(run)
     run.add_argument("--seed", type=int, default=0, help="first seed")
     run.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
     _add_tracking_args(run)
-    run.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    _add_launch_args(run)
+    run.add_argument("--resume", action="store_true", help="skip trials that already have a finished result")
     run.set_defaults(handler=cmd_run)
 
+    ablate = sub.add_parser("ablate", help="run the paper's Table 4 ablations; print their tables")
+    ablate.add_argument("block", help="kpg, agm, akpm or all")
+    ablate.add_argument("--model", default="kaleido", help="the zoo entry whose options are ablated")
+    _add_config_args(ablate)
+    ablate.add_argument("--seed", type=int, default=0, help="first seed")
+    ablate.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
+    _add_tracking_args(ablate)
+    _add_launch_args(ablate)
+    ablate.set_defaults(handler=cmd_ablate)
+
     table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
-    table.add_argument("--main", action="store_true", required=True, help="Tables 2 and 3 (retrieval; CR, SUB, FC)")
-    table.add_argument("--format", default="md", choices=("md", "latex", "csv"))
+    which = table.add_mutually_exclusive_group(required=True)
+    which.add_argument("--main", action="store_true", help="Tables 2 and 3 (retrieval; CR, SUB, FC)")
+    which.add_argument("--ablation", metavar="BLOCK", help="one block of Table 4: kpg, agm or akpm")
+    table.add_argument("--format", default="md", choices=("md", "latex", "csv", "html"))
     table.add_argument("--profile", help="only runs of this profile (default: that of the newest run)")
     table.add_argument("--dataset", help="only runs on this dataset (default: that of the newest run)")
     table.add_argument("--output", type=Path, help="also write the table to this file")
@@ -82,6 +95,13 @@ def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True) -> N
     )
 
 
+def _add_launch_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--cpus-per-trial", type=int, help="CPUs each trial reserves (default: the profile's)")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: the profile's)")
+    parser.add_argument("--retries", type=int, help="times a failed trial is restarted (default: the profile's)")
+
+
 def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--experiment", default="kbench", help="MLflow experiment name")
@@ -94,6 +114,9 @@ def resolve_config(opts: argparse.Namespace) -> Config:
         overrides.insert(0, f"data.dataset={opts.dataset}")
     if getattr(opts, "data_dir", None):
         overrides.insert(0, f"data.data_dir={opts.data_dir}")
+    for flag in ("cpus_per_trial", "gpus_per_trial", "retries"):
+        if getattr(opts, flag, None) is not None:
+            overrides.append(f"runtime.{flag}={getattr(opts, flag)}")
     return load_config(opts.profile, overrides)
 
 
@@ -104,11 +127,22 @@ def cmd_run(opts: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(opts: argparse.Namespace) -> int:
+    from kbench.runner import ablate
+
+    print(ablate(opts))
+    return 0
+
+
 def cmd_table(opts: argparse.Namespace) -> int:
-    from kbench.tables import build_main
+    from kbench.tables import build_ablation, build_main
     from kbench.tracking import tracking_uri
 
-    text = build_main(tracking_uri(opts.tracking_uri), opts.experiment, opts.format, opts.profile, opts.dataset)
+    uri = tracking_uri(opts.tracking_uri)
+    if opts.ablation:
+        text = build_ablation(uri, opts.experiment, opts.ablation, opts.format, opts.profile, opts.dataset)
+    else:
+        text = build_main(uri, opts.experiment, opts.format, opts.profile, opts.dataset)
     if opts.output:
         from kbench.paths import atomic_path
 

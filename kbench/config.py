@@ -120,6 +120,7 @@ class RuntimeConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
     cpus_per_trial: int = 2
     gpus_per_trial: float = 0.0
+    retries: int = 1  # times Ray Tune restarts a failed trial
     eval_batch_size: int = 128
 
 

@@ -85,7 +85,7 @@ def launch(
                     storage_path=str(cache_dir("tune")),
                     verbose=0,
                     callbacks=[_ProgressCallback(bars)],
-                    failure_config=tune.FailureConfig(max_failures=0),
+                    failure_config=tune.FailureConfig(max_failures=base.runtime.retries),
                 ),
             )
             results = tuner.fit()

@@ -1,4 +1,5 @@
-"""``kbench run``: check the inputs, open the MLflow parent run, launch the trials, print the main table."""
+"""``kbench run`` and ``kbench ablate``: check the inputs, open the MLflow parent run, launch the trials that
+have no finished result yet, print the tables."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import argparse
 import logging
 import time
 
+from kbench.ablations import BLOCKS, blocks
 from kbench.cli import resolve_config
 from kbench.config import Config
 from kbench.data import load_dataset
 from kbench.errors import KbenchError
 from kbench.kaleido.saliency import build_detector
 from kbench.tasks import build_task, parse_tasks
-from kbench.tracking import Tracking, open_experiment, parent_run, tracking_uri
-from kbench.trial import TrialSpec, model_options
+from kbench.tracking import Tracking, open_experiment, parent_run, settle, tracking_uri
+from kbench.trial import TrialSpec, config_hash, model_options, trial_config
 from kbench.zoo import MODELS, check_options
 
 log = logging.getLogger(__name__)
@@ -29,15 +31,17 @@ def parse_models(spec: str) -> list[str]:
     return names
 
 
-def check_inputs(cfg: Config, models: list[str], tasks: list[str]) -> None:
+def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
     """Fail fast on the driver, before any trial starts: model options, task overrides, the data files.
 
     Reading the dataset here also generates SynthFashion once, before trials would race to do it.
     """
-    for model in models:
-        check_options(model, model_options(cfg, model))
-        model_cls = MODELS.get(model)
-        patching = model_cls.patching(model_cls.config_class(**model_options(cfg, model)))  # checks the values
+    for spec in specs:
+        variant = trial_config(cfg, spec)
+        options = model_options(variant, spec.model)
+        check_options(spec.model, options)
+        model_cls = MODELS.get(spec.model)
+        patching = model_cls.patching(model_cls.config_class(**options))  # the config class checks the values
         if patching.saliency:
             build_detector(patching.saliency)
     for name in sorted(set(tasks) | set(cfg.tasks)):
@@ -53,23 +57,60 @@ def check_inputs(cfg: Config, models: list[str], tasks: list[str]) -> None:
     )
 
 
-def run(opts: argparse.Namespace) -> str:
-    """Run every (model, seed) as a Ray Tune trial under one MLflow parent run; return the main table."""
+def seeds(opts: argparse.Namespace) -> range:
+    if opts.seeds < 1:
+        raise KbenchError("--seeds must be at least 1")
+    return range(opts.seed, opts.seed + opts.seeds)
+
+
+def execute(opts: argparse.Namespace, cfg: Config, specs: list[TrialSpec], tasks: list[str], resume: bool) -> None:
+    """Launch ``specs`` under one MLflow parent run; with ``resume``, only those without a finished result."""
     from kbench.launch import launch
+
+    check_inputs(cfg, specs, tasks)
+    uri = tracking_uri(opts.tracking_uri)
+    experiment_id = open_experiment(uri, opts.experiment)
+    if resume:
+        keys = {s.label: (s.model, s.variant, config_hash(cfg, s)) for s in specs}
+        done = settle(Tracking(uri, experiment_id), keys, ",".join(tasks))
+        if done:
+            log.info("%d of %d trials already finished: %s", len(done), len(specs), ", ".join(sorted(done)))
+        specs = [s for s in specs if s.label not in done]
+    if not specs:
+        return
+    name = f"{opts.command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tags = {"command": opts.command, "profile": cfg.profile, "dataset": cfg.data.dataset}
+    params = {"trials": ",".join(s.label for s in specs), "tasks": ",".join(tasks)}
+    with parent_run(Tracking(uri, experiment_id), name, tags, params) as parent_id:
+        launch(specs, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, opts.ray_address)
+
+
+def run(opts: argparse.Namespace) -> str:
+    """``kbench run``: every (model, seed) as a Ray Tune trial; return the main table."""
     from kbench.tables import build_main
 
     cfg = resolve_config(opts)
     models, tasks = parse_models(opts.model), parse_tasks(opts.task)
-    if opts.seeds < 1:
-        raise KbenchError("--seeds must be at least 1")
-    check_inputs(cfg, models, tasks)
-    seeds = range(opts.seed, opts.seed + opts.seeds)
-    specs = [TrialSpec(model, seed) for model in models for seed in seeds]
+    specs = [TrialSpec(model, seed) for model in models for seed in seeds(opts)]
+    execute(opts, cfg, specs, tasks, resume=opts.resume)
+    return build_main(tracking_uri(opts.tracking_uri), opts.experiment, "md", cfg.profile, cfg.data.dataset)
+
+
+def ablate(opts: argparse.Namespace) -> str:
+    """``kbench ablate``: every (variant, seed) of the blocks asked for, finished ones skipped; their tables."""
+    from kbench.tables import build_ablation
+
+    cfg = resolve_config(opts)
+    names, tasks = blocks(opts.block), parse_tasks("all")
+    MODELS.get(opts.model)
+    specs = [
+        TrialSpec(opts.model, seed, v.tag, v.overrides(opts.model))
+        for block in names
+        for v in BLOCKS[block]
+        for seed in seeds(opts)
+    ]
+    execute(opts, cfg, specs, tasks, resume=True)
     uri = tracking_uri(opts.tracking_uri)
-    experiment_id = open_experiment(uri, opts.experiment)
-    name = f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"command": "run", "profile": cfg.profile, "dataset": cfg.data.dataset}
-    params = {"models": ",".join(models), "tasks": ",".join(tasks), "seeds": ",".join(map(str, seeds))}
-    with parent_run(Tracking(uri, experiment_id), name, tags, params) as parent_id:
-        launch(specs, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, opts.ray_address)
-    return build_main(uri, opts.experiment, "md", cfg.profile, cfg.data.dataset)
+    return "\n".join(
+        build_ablation(uri, opts.experiment, block, "md", cfg.profile, cfg.data.dataset) for block in names
+    )

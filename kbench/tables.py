@@ -18,9 +18,11 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 from tabulate import tabulate
 
+from kbench.ablations import BLOCKS, blocks
 from kbench.errors import KbenchError
 
-FORMATS = ("md", "latex", "csv")
+FORMATS = ("md", "latex", "csv", "html")
+STYLES = {"md": "github", "latex": "latex_booktabs", "html": "html"}
 
 # Our zoo names -> the row names of the paper's tables.
 PAPER_ROWS = {
@@ -67,6 +69,7 @@ CLASSIFICATION_CAPTIONING = (
     Column("CIDEr", "fc/CIDEr", "CIDEr"),
     Column("SumCAP", "sums/SumCAP", "SumCAP"),
 )
+ABLATION_METRICS = RETRIEVAL + CLASSIFICATION_CAPTIONING  # Table 4's rows, in its order
 MAIN_TABLES = (
     ("Table 2: retrieval", RETRIEVAL, "table2_retrieval"),
     (
@@ -142,6 +145,7 @@ Cell = tuple[float | None, float | None]  # (value, 95 % half-width or None)
 def main_tables(runs: pd.DataFrame) -> list[tuple[str, list[Column], list[dict]]]:
     """Tables 2 and 3: for each of our models, the paper's row (when the paper has one) then ours."""
     order = list(PAPER_ROWS)
+    runs = runs[runs["variant"] == "default"]  # ablation variants have their own tables
     models = sorted(runs["model"].unique(), key=lambda m: (order.index(m) if m in order else len(order), m))
     out = []
     for title, columns, key in MAIN_TABLES:
@@ -189,20 +193,153 @@ def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption
                 for r in rows
             ]
         )
-        style = "github" if fmt == "md" else "latex_booktabs"
-        body = tabulate(frame, headers="keys", tablefmt=style, showindex=False, disable_numparse=True)
-        parts.append(f"### {title}\n{caption}\n\n{body}" if fmt == "md" else f"% {title}. {caption}\n{body}")
+        parts.append(_titled(frame, fmt, title, caption))
     return "\n\n".join(parts) + "\n"
+
+
+def _titled(frame: pd.DataFrame, fmt: str, title: str, caption: str) -> str:
+    """One table as Markdown, LaTeX (booktabs) or HTML, with its title and caption."""
+    body = tabulate(frame, headers="keys", tablefmt=STYLES[fmt], showindex=False, disable_numparse=True)
+    if fmt == "md":
+        return f"### {title}\n{caption}\n\n{body}"
+    if fmt == "latex":
+        return f"% {title}. {caption}\n{body}"
+    return f"<h3>{title}</h3>\n<p>{caption}</p>\n{body}"
 
 
 def build_main(uri: str, experiment: str, fmt: str, profile: str | None = None, dataset: str | None = None) -> str:
     """``kbench table --main``: Tables 2 and 3 from the runs of ``experiment``."""
-    if fmt not in FORMATS:
-        raise KbenchError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset)
-    protocols = sorted({p for p in runs.get("protocol", pd.Series(dtype=str)).dropna().unique()})
     caption = (
-        f"kbench: profile {profile}, dataset {dataset}, protocol {', '.join(protocols) or 'n/a'}; "
+        f"kbench: profile {profile}, dataset {dataset}, protocol {_protocols(runs)}; "
         "mean ± 95% CI over seeds; paper: Kaleido-BERT (CVPR 2021)."
     )
     return render(main_tables(runs), fmt, caption)
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise KbenchError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _protocols(runs: pd.DataFrame) -> str:
+    return ", ".join(sorted({p for p in runs.get("protocol", pd.Series(dtype=str)).dropna().unique()})) or "n/a"
+
+
+@dataclass
+class AblationCell:
+    """One (metric, variant) cell: ours over seeds, the paper's, each relative to the block's baseline column."""
+
+    ours: Cell
+    seeds: int
+    relative: float | None  # percent change of our mean against the baseline's
+    overlaps: bool  # our interval overlaps the baseline's (the difference is not significant at 95 %)
+    paper: float | None
+    paper_relative: float | None
+
+
+def ablation_cells(runs: pd.DataFrame, block: str, model: str) -> dict[str, dict[str, AblationCell]]:
+    """metric header -> variant label -> cell, metrics and variants in the paper's order."""
+    variants = BLOCKS[block]
+    paper = published()["table4_ablations"]
+    out: dict[str, dict[str, AblationCell]] = {}
+    for column in ABLATION_METRICS:
+        stats_of = {
+            v.label: summarise(
+                runs[(runs["model"] == model) & (runs["variant"] == v.tag)].get(column.metric, pd.Series(dtype=float))
+            )
+            for v in variants
+        }
+        base, base_paper = stats_of[variants[0].label], paper[variants[0].paper][column.paper]
+        row = {}
+        for i, v in enumerate(variants):
+            mean, half, n = stats_of[v.label]
+            published_value = paper[v.paper][column.paper]
+            row[v.label] = AblationCell(
+                ours=(mean, half),
+                seeds=n,
+                relative=None if i == 0 else _relative(mean, base[0]),
+                overlaps=i > 0 and _overlap((mean, half), base[:2]),
+                paper=published_value,
+                paper_relative=None if i == 0 else _relative(published_value, base_paper),
+            )
+        out[column.header] = row
+    return out
+
+
+def _relative(value: float | None, base: float | None) -> float | None:
+    if value is None or base is None or np.isnan(value) or np.isnan(base) or base == 0:
+        return None
+    return 100.0 * (value - base) / abs(base)
+
+
+def _overlap(a: Cell, b: Cell) -> bool:
+    """Both 95 % intervals known and overlapping."""
+    if a[1] is None or b[1] is None or a[0] is None or b[0] is None:
+        return False
+    return abs(a[0] - b[0]) <= a[1] + b[1]
+
+
+def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: str, caption: str) -> str:
+    """Table 4's block: a row per metric, our value and the paper's per variant, changes against the baseline."""
+    labels = [v.label for v in BLOCKS[block]]
+    decimals = {c.header: c.decimals for c in ABLATION_METRICS}
+    if fmt == "csv":
+        rows = []
+        for metric, row in cells.items():
+            record: dict[str, object] = {"metric": metric}
+            for label in labels:
+                cell = row[label]
+                record |= {
+                    label: cell.ours[0],
+                    f"{label} CI95": cell.ours[1],
+                    f"{label} seeds": cell.seeds,
+                    f"{label} change %": cell.relative,
+                    f"{label} overlaps baseline": cell.overlaps,
+                    f"{label} paper": cell.paper,
+                    f"{label} paper change %": cell.paper_relative,
+                }
+            rows.append(record)
+        return pd.DataFrame(rows).to_csv(index=False, float_format="%.6g")
+    records = []
+    for metric, row in cells.items():
+        column = Column(metric, metric, metric)
+        record = {"metric": metric}
+        for label in labels:
+            cell = row[label]
+            ours = _fmt(cell.ours, column) + _change(cell.relative) + (" †" if cell.overlaps else "")
+            paper = "–" if cell.paper is None else f"{cell.paper:.{decimals[metric]}f}" + _change(cell.paper_relative)
+            record |= {label: ours, f"{label} (paper)": paper}
+        records.append(record)
+    title = f"Table 4: {block.upper()} ablation"
+    return _titled(pd.DataFrame(records), fmt, title, caption) + "\n"
+
+
+def _change(relative: float | None) -> str:
+    return "" if relative is None else f" ({relative:+.1f}%)"
+
+
+def build_ablation(
+    uri: str,
+    experiment: str,
+    block: str,
+    fmt: str,
+    profile: str | None = None,
+    dataset: str | None = None,
+    model: str = "kaleido",
+) -> str:
+    """``kbench table --ablation BLOCK``: one block of Table 4 from the runs of ``experiment``."""
+    _check_format(fmt)
+    blocks(block)
+    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset)
+    runs = runs[runs["variant"].str.startswith(f"{block}:")]
+    if runs.empty:
+        raise KbenchError(f"no finished {block} ablation runs; run `kbench ablate {block}` first")
+    baseline = BLOCKS[block][0].label
+    caption = (
+        f"kbench {model}: profile {profile}, dataset {dataset}, protocol {_protocols(runs)}; ours as mean ± 95% CI "
+        f"over seeds with the change against {baseline} in brackets; † our interval overlaps {baseline}'s; "
+        "paper: Kaleido-BERT Table 4."
+    )
+    return render_ablation(ablation_cells(runs, block, model), block, fmt, caption)

@@ -147,3 +147,40 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def trial_runs(tracking: Tracking, model: str) -> list[Any]:
+    """Every trial run of ``model`` in the experiment, whatever its status."""
+    client = tracking.client()
+    runs, page = [], None
+    while True:
+        batch = client.search_runs(
+            [tracking.experiment_id], f"tags.`kbench.model` = '{model}'", max_results=1000, page_token=page
+        )
+        runs += batch
+        page = batch.token
+        if not page:
+            return runs
+
+
+def settle(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str) -> set[str]:
+    """Of the trials ``keys`` names (label -> (model, variant, config hash)), those with a FINISHED run for
+    ``tasks``. Variants can share a config (the full model is a column of every block), hence the variant.
+
+    Runs of those trials left RUNNING by an invocation that was killed are marked KILLED, so that once the
+    rest has run there is exactly one finished result per trial.
+    """
+    client = tracking.client()
+    wanted = {key: label for label, key in keys.items()}
+    finished: set[str] = set()
+    for model in {m for m, _, _ in keys.values()}:
+        for run in trial_runs(tracking, model):
+            tags = run.data.tags
+            label = wanted.get((model, tags.get("kbench.variant"), tags.get("kbench.config_hash")))
+            if label is None or tags.get("kbench.tasks") != tasks:
+                continue
+            if run.info.status == "FINISHED":
+                finished.add(label)
+            elif run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return finished

@@ -48,6 +48,11 @@ def trial_config(base: Config, spec: TrialSpec) -> Config:
     return cfg
 
 
+def config_hash(base: Config, spec: TrialSpec) -> str:
+    """Hash of everything a trial's results depend on: its resolved config, model and seed."""
+    return digest(trial_config(base, spec).to_dict(), spec.model, spec.seed)
+
+
 def model_options(cfg: Config, model: str) -> dict[str, Any]:
     """Keyword arguments of the zoo entry's config class: shared sizes plus ``models.<model>`` options."""
     sizes = dataclasses.asdict(cfg.model)
@@ -67,15 +72,11 @@ class Trial:
     def __init__(self, spec: TrialSpec, base: Config) -> None:
         self.spec = spec
         self.cfg = trial_config(base, spec)
+        self.config_hash = config_hash(base, spec)
         self.device = resolve_device(self.cfg.runtime.device)
         self.model_cls = MODELS.get(spec.model)
         self._data: dict[str, ModelData] = {}
         self._memo: dict[str, Any] = {}
-
-    @cached_property
-    def config_hash(self) -> str:
-        """Hash of everything the trial's results depend on."""
-        return digest(self.cfg.to_dict(), self.spec.model, self.spec.seed)
 
     @cached_property
     def dataset(self) -> DatasetSplits:

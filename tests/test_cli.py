@@ -135,7 +135,10 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         (["run", "--profile", "fast"], "unknown profile 'fast'"),
         (["run", "--set", "pretrain.lr"], "malformed --set 'pretrain.lr'"),
         (["run", "--set", "pretrain.learning_rate=1"], "unknown config key 'pretrain.learning_rate'"),
-        (["run", "--set", "models.fashionbert.adaptive=1"], "model fashionbert has no option 'adaptive'"),
+        (
+            ["run", "--model", "fashionbert", "--set", "models.fashionbert.adaptive=1"],
+            "model fashionbert has no option 'adaptive'",
+        ),
         (["run", "--model", "kaleido", "--set", "models.kaleido.kpg=kaleidoscope"], "unknown kpg 'kaleidoscope'"),
         (["run", "--model", "kaleido", "--set", "models.kaleido.akpm=B+VI"], "bad akpm term 'VI'"),
         (["run", "--model", "kaleido", "--set", "models.kaleido.saliency=nowhere:Net"], "cannot load"),

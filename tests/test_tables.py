@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from kbench.tables import FORMATS, build_main, summarise
+from kbench.ablations import BLOCKS
+from kbench.errors import KbenchError
+from kbench.tables import FORMATS, ablation_cells, build_ablation, build_main, load_runs, published, summarise
 from kbench.tracking import Tracking, TrialRun, open_experiment
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -18,6 +20,16 @@ RUNS = [
     ("fashionbert", 1, "default", 2.0),
     ("clip", 0, "default", -5.0),
     ("fashionbert", 0, "smoke", 50.0),  # another profile: never mixed into the default table
+]
+ABLATION_RUNS = [
+    # (variant, seed, metric offset): AGM clearly better than random; kpg with one seed per column
+    ("agm:random", 0, 0.0),
+    ("agm:random", 1, 1.0),
+    ("agm:agm", 0, 20.0),
+    ("agm:agm", 1, 21.0),
+    ("kpg:scale-fixed", 0, 0.0),
+    ("kpg:kaleido", 0, 0.5),
+    ("kpg:kaleido+sod", 0, 3.0),
 ]
 
 
@@ -37,6 +49,11 @@ def metrics_for(offset: float) -> dict[str, float]:
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
     experiment = open_experiment(uri, "tables")
+    for variant, seed, offset in ABLATION_RUNS:
+        tags = {"model": "kaleido", "variant": variant, "seed": seed, "profile": "default", "dataset": "synth"}
+        tags["protocol"] = "fashionbert-101 v1"
+        with TrialRun(Tracking(uri, experiment), f"kaleido/{variant}/seed{seed}", tags) as run:
+            run.log_metrics(metrics_for(offset))
     for model, seed, profile, offset in RUNS:
         tags = {"model": model, "variant": "default", "seed": seed, "profile": profile, "dataset": "synth"}
         tags["protocol"] = "fashionbert-101 v1"
@@ -69,3 +86,42 @@ def test_mean_and_interval() -> None:
     mean, half, n = summarise(pd.Series([1.0, 3.0]))
     assert (mean, n) == (2.0, 2) and half == pytest.approx(12.706204736174698 * 1.0 / 1.0)  # t(0.975, 1) * sd/sqrt(2)
     assert summarise(pd.Series([4.0])) == (4.0, None, 1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_ablation_table_matches_golden(store: str, fmt: str) -> None:
+    text = build_ablation(store, "tables", "agm", fmt, profile="default", dataset="synth")
+    golden = GOLDEN / f"ablation-agm.{fmt}"
+    if os.environ.get("KBENCH_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_ablation_cells_against_their_definition(store: str) -> None:
+    runs = load_runs(store, "tables")
+    runs = runs[runs["profile"] == "default"]
+    cells = ablation_cells(runs, "agm", "kaleido")
+    headers = "ITR R@1, ITR R@5, ITR R@10, TIR R@1, TIR R@5, TIR R@10, SumR, CR ACC, CR macro-F, SUB ACC"
+    headers += ", SUB macro-F, SumCLS, BLEU-4, METEOR, ROUGE-L, CIDEr, SumCAP"
+    assert list(cells) == headers.split(", ")
+    random, guided = cells["ITR R@1"]["Random"], cells["ITR R@1"]["AGM"]
+    assert random.ours[0] == pytest.approx(1.5) and guided.ours[0] == pytest.approx(21.5)  # R1 = 1 + offset
+    assert guided.relative == pytest.approx(100 * (21.5 - 1.5) / 1.5) and random.relative is None
+    assert not guided.overlaps  # 1.5 ± 6.35 and 21.5 ± 6.35 are disjoint
+    assert cells["SUB macro-F"]["AGM"].overlaps  # a constant metric: equal values, zero-width intervals
+    assert guided.paper == 27.99 and guided.paper_relative == pytest.approx(100 * (27.99 - 26.55) / 26.55)
+    kpg = ablation_cells(runs, "kpg", "kaleido")["ITR R@1"]
+    assert kpg["Kaleido."].ours == (1.5, None) and not kpg["Kaleido."].overlaps  # one seed: no interval to compare
+    with pytest.raises(KbenchError, match="no finished akpm ablation runs"):
+        build_ablation(store, "tables", "akpm", "md", profile="default", dataset="synth")
+    with pytest.raises(KbenchError, match="unknown ablation block 'agn'; did you mean agm"):
+        build_ablation(store, "tables", "agn", "md")
+
+
+def test_every_variant_has_its_paper_column_and_option() -> None:
+    paper = published()["table4_ablations"]
+    columns = [v.paper for block in BLOCKS.values() for v in block]
+    assert columns == list(paper)  # every published column, in the paper's order, exactly once
+    assert [v.tag for v in BLOCKS["agm"]] == ["agm:random", "agm:agm"]
+    assert BLOCKS["akpm"][3].overrides("kaleido") == ("models.kaleido.akpm=B+I~III",)
+    assert BLOCKS["kpg"][0].overrides("kaleido") == ("models.kaleido.kpg=scale-fixed",)
