@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kbench.cli import main
+from kbench.tracking import Tracking, TrialRun, open_experiment, settle
 
 
 def finished_trials(uri: str) -> list:
@@ -63,3 +64,21 @@ def test_killed_ablation_resumes_to_one_result_per_variant(tmp_path: Path, capsy
     assert main(table_argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-17].startswith("ITR R@1,") and lines[-1].startswith("SumCAP,")
+
+
+def test_settle_tells_variants_with_one_config_apart(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = Tracking(uri, open_experiment(uri, "settle"))
+    tags = {"model": "kaleido", "config_hash": "h1", "tasks": "itr,tir,cr,sub,fc"}
+    with TrialRun(tracking, "full", {**tags, "variant": "kpg:kaleido+sod"}):
+        pass
+    left = TrialRun(tracking, "killed", {**tags, "variant": "agm:random", "config_hash": "h2"})  # never ended
+    with TrialRun(tracking, "other tasks", {**tags, "variant": "agm:agm", "tasks": "itr"}):
+        pass
+    keys = {
+        "kpg/kaleido+sod": ("kaleido", "kpg:kaleido+sod", "h1"),
+        "agm/agm": ("kaleido", "agm:agm", "h1"),  # the same config as the full model, another variant
+        "agm/random": ("kaleido", "agm:random", "h2"),
+    }
+    assert settle(tracking, keys, "itr,tir,cr,sub,fc") == {"kpg/kaleido+sod"}
+    assert tracking.client().get_run(left.run_id).info.status == "KILLED"
