@@ -1,4 +1,4 @@
-"""The ``kbench`` command line: ``run``, ``ablate``, ``table``, ``ls``, ``config``, ``data``, ``bench``.
+"""The ``kbench`` command line: run, ablate, table, plot, ui, ls, config, data, bench.
 
 Every subcommand is a function of its parsed options, so tests drive the same entry point as users.
 """
@@ -56,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--output", type=Path, help="also write the table to this file")
     _add_tracking_args(table)
     table.set_defaults(handler=cmd_table)
+
+    plot = sub.add_parser("plot", help="PNG figures of ablations and pre-training curves from MLflow runs")
+    what = plot.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ablation", metavar="BLOCK", help="bars of a Table 4 block (kpg, agm, akpm or all)")
+    what.add_argument("--curves", action="store_true", help="pre-training curves of each pretext task (Fig. 7)")
+    plot.add_argument("--model", default="kaleido", help="the zoo entry whose runs are plotted")
+    plot.add_argument("--out", type=Path, default=Path("results"), help="directory to write the PNG files to")
+    _add_tracking_args(plot)
+    plot.set_defaults(handler=cmd_plot)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI of the tracking store on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", help="the store to serve (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    ui.set_defaults(handler=cmd_ui)
 
     ls = sub.add_parser("ls", help="list registered models, tasks, datasets, protocols, encoders or profiles")
     ls.add_argument("what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"))
@@ -150,6 +164,25 @@ def cmd_table(opts: argparse.Namespace) -> int:
             tmp.write_text(text)
     print(text, end="")
     return 0
+
+
+def cmd_plot(opts: argparse.Namespace) -> int:
+    from kbench.plots import plot_ablation, plot_curves
+    from kbench.tracking import tracking_uri
+
+    uri = tracking_uri(opts.tracking_uri)
+    if opts.curves:
+        paths = plot_curves(uri, opts.experiment, opts.out, opts.model)
+    else:
+        paths = plot_ablation(uri, opts.experiment, opts.ablation, opts.out, opts.model)
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_ui(opts: argparse.Namespace) -> int:
+    from kbench.tracking import serve, tracking_uri
+
+    return serve(tracking_uri(opts.tracking_uri), opts.port)
 
 
 def cmd_ls(opts: argparse.Namespace) -> int:
