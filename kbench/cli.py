@@ -1,4 +1,4 @@
-"""The ``kbench`` command line: run, ablate, table, plot, ui, ls, config, data, bench.
+"""The ``kbench`` command line: run, ablate, table, plot, ui, reproduce, ls, config, data, bench.
 
 Every subcommand is a function of its parsed options, so tests drive the same entry point as users.
 """
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", help="the store to serve (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.set_defaults(handler=cmd_ui)
+
+    reproduce = sub.add_parser("reproduce", help="rerun the reference study and compare it with results/reference")
+    mode = reproduce.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare with the reference (the default)")
+    mode.add_argument("--update", action="store_true", help="rewrite the reference with this run's results")
+    reproduce.set_defaults(handler=cmd_reproduce)
 
     ls = sub.add_parser("ls", help="list registered models, tasks, datasets, protocols, encoders or profiles")
     ls.add_argument("what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"))
@@ -183,6 +189,14 @@ def cmd_ui(opts: argparse.Namespace) -> int:
     from kbench.tracking import serve, tracking_uri
 
     return serve(tracking_uri(opts.tracking_uri), opts.port)
+
+
+def cmd_reproduce(opts: argparse.Namespace) -> int:
+    from kbench.reproduce import reproduce
+
+    status, report = reproduce(opts.update)
+    print(report)
+    return status
 
 
 def cmd_ls(opts: argparse.Namespace) -> int:
