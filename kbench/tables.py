@@ -284,7 +284,7 @@ def _overlap(a: Cell, b: Cell) -> bool:
 def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: str, caption: str) -> str:
     """Table 4's block: a row per metric, our value and the paper's per variant, changes against the baseline."""
     labels = [v.label for v in BLOCKS[block]]
-    decimals = {c.header: c.decimals for c in ABLATION_METRICS}
+    columns = {c.header: c for c in ABLATION_METRICS}
     if fmt == "csv":
         rows = []
         for metric, row in cells.items():
@@ -304,12 +304,12 @@ def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: 
         return pd.DataFrame(rows).to_csv(index=False, float_format="%.6g")
     records = []
     for metric, row in cells.items():
-        column = Column(metric, metric, metric)
+        column = columns[metric]
         record = {"metric": metric}
         for label in labels:
             cell = row[label]
             ours = _fmt(cell.ours, column) + _change(cell.relative) + (" †" if cell.overlaps else "")
-            paper = "–" if cell.paper is None else f"{cell.paper:.{decimals[metric]}f}" + _change(cell.paper_relative)
+            paper = "–" if cell.paper is None else f"{cell.paper:.{column.decimals}f}" + _change(cell.paper_relative)
             record |= {label: ours, f"{label} (paper)": paper}
         records.append(record)
     title = f"Table 4: {block.upper()} ablation"
