@@ -29,10 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="kaleido", help="zoo entries, comma-separated, or all")
     run.add_argument("--task", default="all", help="tasks (itr,tir,cr,sub,fc), comma-separated, or all")
     _add_config_args(run)
-    run.add_argument("--seed", type=int, default=0, help="first seed")
-    run.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
     _add_tracking_args(run)
-    _add_launch_args(run)
+    _add_trial_args(run)
     run.add_argument("--resume", action="store_true", help="skip trials that already have a finished result")
     run.set_defaults(handler=cmd_run)
 
@@ -40,10 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("block", help="kpg, agm, akpm or all")
     ablate.add_argument("--model", default="kaleido", help="the zoo entry whose options are ablated")
     _add_config_args(ablate)
-    ablate.add_argument("--seed", type=int, default=0, help="first seed")
-    ablate.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
     _add_tracking_args(ablate)
-    _add_launch_args(ablate)
+    _add_trial_args(ablate)
     ablate.set_defaults(handler=cmd_ablate)
 
     table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
@@ -115,7 +111,10 @@ def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True) -> N
     )
 
 
-def _add_launch_args(parser: argparse.ArgumentParser) -> None:
+def _add_trial_args(parser: argparse.ArgumentParser) -> None:
+    """Which seeds run, where, and with what resources."""
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
     parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs each trial reserves (default: the profile's)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: the profile's)")
