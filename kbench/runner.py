@@ -58,6 +58,7 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
 
 
 def seeds(opts: argparse.Namespace) -> range:
+    """``--seeds`` consecutive seeds from ``--seed`` on."""
     if opts.seeds < 1:
         raise KbenchError("--seeds must be at least 1")
     return range(opts.seed, opts.seed + opts.seeds)
