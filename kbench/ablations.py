@@ -6,10 +6,9 @@ and against which published column), so a variant cannot be run under one name a
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
-from kbench.errors import KbenchError
+from kbench.errors import unknown_choice
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,5 @@ def blocks(spec: str) -> list[str]:
     if spec == "all":
         return list(BLOCKS)
     if spec not in BLOCKS:
-        close = difflib.get_close_matches(spec, BLOCKS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(BLOCKS)}, all"
-        raise KbenchError(f"unknown ablation block {spec!r}{hint}")
+        raise unknown_choice("ablation block", spec, [*BLOCKS, "all"])
     return [spec]

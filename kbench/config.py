@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from kbench.errors import KbenchError
+from kbench.errors import KbenchError, unknown_choice
 
 PROFILES = ("smoke", "default", "paper")
 
@@ -156,9 +156,7 @@ def profile_description(profile: str) -> str:
 
 def _profile_text(profile: str) -> str:
     if profile not in PROFILES:
-        close = difflib.get_close_matches(profile, PROFILES, n=1)
-        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(PROFILES)}"
-        raise KbenchError(f"unknown profile {profile!r}{hint}")
+        raise unknown_choice("profile", profile, PROFILES)
     return resources.files("kbench").joinpath("profiles", f"{profile}.yaml").read_text()
 
 

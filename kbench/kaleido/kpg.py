@@ -7,9 +7,7 @@ salient-object detector locks around the garment (Scheme-3, the full model).
 
 from __future__ import annotations
 
-import difflib
-
-from kbench.errors import KbenchError
+from kbench.errors import unknown_choice
 from kbench.features import Patching
 from kbench.patches import KALEIDO, get_scheme
 
@@ -20,9 +18,7 @@ SCALE_FIXED_GRID = "grid-8"
 def check_kpg(name: str) -> None:
     """Refuse an unknown KPG variant with the closest known one."""
     if name not in KPG_VARIANTS:
-        close = difflib.get_close_matches(name, KPG_VARIANTS, n=1)
-        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(KPG_VARIANTS)}"
-        raise KbenchError(f"unknown kpg {name!r}{hint}")
+        raise unknown_choice("kpg", name, KPG_VARIANTS)
 
 
 def kpg_patching(name: str, saliency: str, akpm_views: bool) -> Patching:
