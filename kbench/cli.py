@@ -119,11 +119,23 @@ def _add_trial_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs each trial reserves (default: the profile's)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: the profile's)")
     parser.add_argument("--retries", type=int, help="times a failed trial is restarted (default: the profile's)")
+    parser.add_argument(
+        "--pretrain-workers", type=int, help="data-parallel pre-training workers per trial (Ray Train, DDP)"
+    )
 
 
 def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     parser.add_argument("--experiment", default="kbench", help="MLflow experiment name")
+
+
+# Flags that are shorthands for config keys.
+FLAG_KEYS = {
+    "cpus_per_trial": "runtime.cpus_per_trial",
+    "gpus_per_trial": "runtime.gpus_per_trial",
+    "retries": "runtime.retries",
+    "pretrain_workers": "pretrain.workers",
+}
 
 
 def resolve_config(opts: argparse.Namespace) -> Config:
@@ -133,9 +145,9 @@ def resolve_config(opts: argparse.Namespace) -> Config:
         overrides.insert(0, f"data.dataset={opts.dataset}")
     if getattr(opts, "data_dir", None):
         overrides.insert(0, f"data.data_dir={opts.data_dir}")
-    for flag in ("cpus_per_trial", "gpus_per_trial", "retries"):
+    for flag, key in FLAG_KEYS.items():
         if getattr(opts, flag, None) is not None:
-            overrides.append(f"runtime.{flag}={getattr(opts, flag)}")
+            overrides.append(f"{key}={getattr(opts, flag)}")
     return load_config(opts.profile, overrides)
 
 
@@ -235,7 +247,7 @@ def _registry(what: str):
 def cmd_config(opts: argparse.Namespace) -> int:
     cfg = resolve_config(opts)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    print(f"# config hash: {digest(cfg.to_dict())}")
+    print(f"# config hash: {digest(cfg.results_dict())}")
     return 0
 
 

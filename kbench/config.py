@@ -94,6 +94,7 @@ class PretrainConfig(OptimConfig):
     lr: float = 1e-3
     warmup: float = 0.05
     itm_negative_rate: float = 0.5
+    workers: int = 1  # data-parallel workers (Ray Train, DDP); each takes an equal slice of every batch
 
 
 @dataclass
@@ -114,14 +115,19 @@ class AlignmentConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Where and how trials run."""
+    """Where and how trials run. The scheduling fields (``SCHEDULING``) do not change results and are left out
+    of the config hash, so a trial resumes whatever resources it is given."""
 
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
     cpus_per_trial: int = 2
     gpus_per_trial: float = 0.0
+    cpus_per_worker: int = 1  # of each data-parallel pre-training worker; each also takes a GPU when trials do
     retries: int = 1  # times Ray Tune restarts a failed trial
     eval_batch_size: int = 128
+
+
+SCHEDULING = ("cpus_per_trial", "gpus_per_trial", "cpus_per_worker", "retries")
 
 
 @dataclass
@@ -140,6 +146,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def results_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the scheduling fields: what results depend on."""
+        data = self.to_dict()
+        data["runtime"] = {k: v for k, v in data["runtime"].items() if k not in SCHEDULING}
+        return data
 
 
 def digest(*parts: Any) -> str:

@@ -56,15 +56,17 @@ def launch(
     tracking: Tracking,
     name: str,
     ray_address: str | None = None,
-    num_cpus: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
     address = ray_address or os.environ.get("RAY_ADDRESS")
+    runtime, workers = base.runtime, base.pretrain.workers
+    # A data-parallel trial holds its own CPUs (for fine-tuning) while its pre-training workers hold theirs.
+    cpus_per_trial = runtime.cpus_per_trial + (runtime.cpus_per_worker * workers if workers > 1 else 0)
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
     else:
         ray.init(
-            num_cpus=num_cpus or os.cpu_count(),
+            num_cpus=max(os.cpu_count() or 1, cpus_per_trial),
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=True,
@@ -79,7 +81,10 @@ def launch(
             tuner = tune.Tuner(
                 trainable,
                 param_space={"spec": tune.grid_search([dataclasses.asdict(s) for s in specs])},
-                tune_config=tune.TuneConfig(trial_name_creator=lambda t: _label(t.config)),
+                tune_config=tune.TuneConfig(
+                    trial_name_creator=lambda t: _label(t.config),
+                    max_concurrent_trials=_concurrency(cpus_per_trial) if workers > 1 else None,
+                ),
                 run_config=tune.RunConfig(
                     name=name,
                     storage_path=str(cache_dir("tune")),
@@ -100,6 +105,12 @@ def launch(
         _label(r.config): {k: v for k, v in r.metrics.items() if "/" in k and k not in (STAGE, COMPLETED, TOTAL)}
         for r in results
     }
+
+
+def _concurrency(cpus_per_trial: int) -> int:
+    """How many data-parallel trials fit the cluster at once, counting their workers: Tune only sees the
+    trials' own reservations, and more trials would leave their workers waiting for CPUs forever."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
 
 
 def _label(config: dict[str, Any]) -> str:

@@ -44,6 +44,12 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
         patching = model_cls.patching(model_cls.config_class(**options))  # the config class checks the values
         if patching.saliency:
             build_detector(patching.saliency)
+    pretrain = cfg.pretrain
+    if pretrain.workers < 1 or pretrain.batch_size % pretrain.workers:
+        raise KbenchError(
+            f"pretrain.workers must be at least 1 and divide pretrain.batch_size ({pretrain.batch_size}); "
+            f"got {pretrain.workers}"
+        )
     for name in sorted(set(tasks) | set(cfg.tasks)):
         build_task(name, cfg.tasks.get(name, {}))
     dataset = load_dataset(cfg.data)

@@ -49,8 +49,8 @@ def trial_config(base: Config, spec: TrialSpec) -> Config:
 
 
 def config_hash(base: Config, spec: TrialSpec) -> str:
-    """Hash of everything a trial's results depend on: its resolved config, model and seed."""
-    return digest(trial_config(base, spec).to_dict(), spec.model, spec.seed)
+    """Hash of everything a trial's results depend on: its resolved config (less scheduling), model and seed."""
+    return digest(trial_config(base, spec).results_dict(), spec.model, spec.seed)
 
 
 def model_options(cfg: Config, model: str) -> dict[str, Any]:
@@ -71,6 +71,7 @@ class Trial:
 
     def __init__(self, spec: TrialSpec, base: Config) -> None:
         self.spec = spec
+        self.base = base
         self.cfg = trial_config(base, spec)
         self.config_hash = config_hash(base, spec)
         self.device = resolve_device(self.cfg.runtime.device)
