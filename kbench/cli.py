@@ -42,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trial_args(ablate)
     ablate.set_defaults(handler=cmd_ablate)
 
+    tune = sub.add_parser("tune", help="search a task's fine-tuning recipe with ASHA on the dev split")
+    tune.add_argument("--model", default="kaleido", help="the zoo entry whose fine-tuning is searched")
+    tune.add_argument("--task", required=True, help="one task: itr, tir, cr, sub or fc")
+    tune.add_argument("--samples", type=int, default=8, help="recipes sampled (default 8)")
+    tune.add_argument(
+        "--out", type=Path, help="config file for the best recipe (default results/tune/MODEL-TASK.yaml)"
+    )
+    _add_config_args(tune)
+    _add_tracking_args(tune)
+    tune.add_argument("--seed", type=int, default=0, help="seed of the pre-training, the fine-tuning and the search")
+    _add_resource_args(tune)
+    tune.set_defaults(handler=cmd_tune)
+
     table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
     which = table.add_mutually_exclusive_group(required=True)
     which.add_argument("--main", action="store_true", help="Tables 2 and 3 (retrieval; CR, SUB, FC)")
@@ -102,6 +115,15 @@ def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True) -> N
         parser.add_argument("--dataset", help="synth (default) or fashiongen")
         parser.add_argument("--data-dir", help="directory holding fashiongen_256_256_{train,validation}.h5")
     parser.add_argument(
+        "--config",
+        dest="config_files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML overrides in the profile's layout (e.g. what kbench tune wrote), applied before --set",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -115,6 +137,11 @@ def _add_trial_args(parser: argparse.ArgumentParser) -> None:
     """Which seeds run, where, and with what resources."""
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
+    _add_resource_args(parser)
+
+
+def _add_resource_args(parser: argparse.ArgumentParser) -> None:
+    """Where trials run and with what resources."""
     parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs each trial reserves (default: the profile's)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: the profile's)")
@@ -148,13 +175,20 @@ def resolve_config(opts: argparse.Namespace) -> Config:
     for flag, key in FLAG_KEYS.items():
         if getattr(opts, flag, None) is not None:
             overrides.append(f"{key}={getattr(opts, flag)}")
-    return load_config(opts.profile, overrides)
+    return load_config(opts.profile, overrides, opts.config_files)
 
 
 def cmd_run(opts: argparse.Namespace) -> int:
     from kbench.runner import run
 
     print(run(opts))
+    return 0
+
+
+def cmd_tune(opts: argparse.Namespace) -> int:
+    from kbench.tuning import tune_recipe
+
+    print(tune_recipe(opts))
     return 0
 
 

@@ -14,6 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -172,14 +173,41 @@ def _profile_text(profile: str) -> str:
     return resources.files("kbench").joinpath("profiles", f"{profile}.yaml").read_text()
 
 
-def load_config(profile: str = "default", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The named profile with ``--set key=value`` overrides applied."""
+def load_config(
+    profile: str = "default", overrides: list[str] | tuple[str, ...] = (), files: list[Path] | tuple[Path, ...] = ()
+) -> Config:
+    """The named profile, with the override ``files`` (YAML in the profile's layout, such as the ones ``kbench
+    tune`` writes) merged onto it in order, then the ``--set key=value`` overrides applied."""
     data = yaml.safe_load(_profile_text(profile)) or {}
-    cfg = _build(Config, data, f"profile {profile}")
+    for path in files:
+        data = _merge(data, read_override_file(path))
+    where = f"profile {profile}" + "".join(f" + {path}" for path in files)
+    cfg = _build(Config, data, where)
     cfg.profile = profile
     for item in overrides:
         apply_override(cfg, item)
     return cfg
+
+
+def read_override_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping of config keys, as a profile has them."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise KbenchError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise KbenchError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise KbenchError(f"config file {path}: expected a mapping of config keys")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, section by section."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_override(cfg: Config, item: str) -> None:

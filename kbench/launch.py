@@ -6,6 +6,8 @@ import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # Read by Ray at import time, so set first.
@@ -28,16 +30,21 @@ from kbench.trial import TrialSpec
 STAGE, COMPLETED, TOTAL = "progress/stage", "progress/completed", "progress/total"
 
 
-def _trainable(config: dict[str, Any], base: Config, tasks: list[str], tracking: Tracking) -> None:
-    """The Tune trainable: runs one trial and reports its progress and final metrics to the driver."""
+def configure_worker() -> None:
+    """Logging of a trial's process: kbench's info lines, transformers' warnings and bars off."""
     from transformers.utils import logging as hf_logging
-
-    from kbench import progress
-    from kbench.pipeline import run_trial
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _trainable(config: dict[str, Any], base: Config, tasks: list[str], tracking: Tracking) -> None:
+    """The Tune trainable: runs one trial and reports its progress and final metrics to the driver."""
+    from kbench import progress
+    from kbench.pipeline import run_trial
+
+    configure_worker()
     progress.set_sink(lambda stage, done, total: tune.report({STAGE: stage, COMPLETED: done, TOTAL: total}))
     metrics = run_trial(TrialSpec(**config["spec"]), base, tasks, tracking)
     tune.report(metrics)
@@ -58,21 +65,8 @@ def launch(
     ray_address: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
-    address = ray_address or os.environ.get("RAY_ADDRESS")
-    runtime, workers = base.runtime, base.pretrain.workers
-    # A data-parallel trial holds its own CPUs (for fine-tuning) while its pre-training workers hold theirs.
-    cpus_per_trial = runtime.cpus_per_trial + (runtime.cpus_per_worker * workers if workers > 1 else 0)
-    if address:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
-    else:
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, cpus_per_trial),
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=True,
-            _temp_dir=ray_temp_dir(),
-        )
-    try:
+    workers = base.pretrain.workers
+    with ray_session(base, ray_address):
         resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
@@ -83,7 +77,7 @@ def launch(
                 param_space={"spec": tune.grid_search([dataclasses.asdict(s) for s in specs])},
                 tune_config=tune.TuneConfig(
                     trial_name_creator=lambda t: _label(t.config),
-                    max_concurrent_trials=_concurrency(cpus_per_trial) if workers > 1 else None,
+                    max_concurrent_trials=concurrency(base) if workers > 1 else None,
                 ),
                 run_config=tune.RunConfig(
                     name=name,
@@ -94,8 +88,6 @@ def launch(
                 ),
             )
             results = tuner.fit()
-    finally:
-        ray.shutdown()
     failed = [r for r in results if r.error]
     if failed:
         first = str(failed[0].error).strip().splitlines()
@@ -107,10 +99,38 @@ def launch(
     }
 
 
-def _concurrency(cpus_per_trial: int) -> int:
+def trial_cpus(base: Config) -> int:
+    """CPUs one trial needs at its peak: a data-parallel trial keeps its own (for fine-tuning) while its
+    pre-training workers hold theirs."""
+    runtime, workers = base.runtime, base.pretrain.workers
+    return runtime.cpus_per_trial + (runtime.cpus_per_worker * workers if workers > 1 else 0)
+
+
+def concurrency(base: Config) -> int:
     """How many data-parallel trials fit the cluster at once, counting their workers: Tune only sees the
     trials' own reservations, and more trials would leave their workers waiting for CPUs forever."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_trial)
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // trial_cpus(base))
+
+
+@contextmanager
+def ray_session(base: Config, ray_address: str | None) -> Iterator[None]:
+    """Ray for one invocation: the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else a local Ray with this
+    machine's CPUs (at least one trial's worth); shut down on the way out."""
+    address = ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+    else:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, trial_cpus(base)),
+            include_dashboard=False,
+            configure_logging=False,
+            log_to_driver=True,
+            _temp_dir=ray_temp_dir(),
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def _label(config: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kbench.config import digest
 from kbench.data.splits import Split
 from kbench.paths import atomic_path, cache_dir
 from kbench.registry import Registry
@@ -64,7 +65,8 @@ class RetrievalProtocol(ABC):
 
     def lists(self, test: Split, query: str, queries: int, seed: int) -> CandidateLists:
         """The lists for this data, read from the cache when any earlier run drew them."""
-        key = f"{self.name}-v{self.version}-{query}-{test.file_fingerprint}-q{queries}-s{seed}.json"
+        rows = digest(test.file_fingerprint, test.meta["row"].tolist())  # the dev split is part of the train file
+        key = f"{self.name}-v{self.version}-{query}-{test.name}-{rows}-q{queries}-s{seed}.json"
         path = cache_dir("protocols") / key
         if path.exists():
             return CandidateLists.from_json(path.read_text())

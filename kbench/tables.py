@@ -87,7 +87,7 @@ def published() -> dict:
 
 
 def load_runs(uri: str, experiment: str) -> pd.DataFrame:
-    """The finished trial runs of ``experiment``, one row per run, newest first."""
+    """The finished trial runs of ``experiment`` (not ``kbench tune``'s samples), one row per run, newest first."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise KbenchError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}; run `kbench run` first")
     client = MlflowClient(tracking_uri=uri)
@@ -100,7 +100,7 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
         batch = client.search_runs(
             [found.experiment_id], "attributes.status = 'FINISHED'", max_results=1000, page_token=page
         )
-        runs += [r for r in batch if "kbench.model" in r.data.tags]
+        runs += [r for r in batch if "kbench.model" in r.data.tags and "kbench.search" not in r.data.tags]
         page = batch.token
         if not page:
             break

@@ -58,10 +58,12 @@ def fit(
     device: torch.device,
     precision: str,
     description: str,
+    epoch_end: Callable[[int], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` for ``cfg.epochs`` (fractions allowed) and return the mean logged scalars of each epoch.
 
-    ``batches(epoch)`` yields that epoch's batches; ``step(batch)`` computes the loss on one of them.
+    ``batches(epoch)`` yields that epoch's batches; ``step(batch)`` computes the loss on one of them;
+    ``epoch_end(epoch)`` (1-based) runs after each epoch, e.g. to evaluate on the dev split.
     """
     steps = total_steps(cfg, steps_per_epoch)
     optimizer, scheduler = build_optimizer(model, cfg, steps)
@@ -89,6 +91,9 @@ def fit(
                 if done >= steps:
                     break
             history.append({k: v / max(count, 1) for k, v in sums.items()})
+            if epoch_end is not None:
+                epoch_end(epoch + 1)
+                model.train()
             if done >= steps:
                 break
     model.eval()

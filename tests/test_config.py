@@ -94,3 +94,28 @@ def test_registry() -> None:
         reg.register("bad", int)
     with pytest.raises(KbenchError, match=re.escape("unknown widget 'alpah'; did you mean alpha?")):
         reg.get("alpah")
+
+
+def test_config_files_merge_onto_the_profile_before_set(tmp_path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("tasks:\n  cr:\n    finetune: {lr: 0.003, epochs: 4}\npretrain: {epochs: 2}\n")
+    cfg = load_config("default", ["pretrain.epochs=3"], [path])
+    assert cfg.tasks["cr"]["finetune"] == {"epochs": 4, "batch_size": 32, "lr": 0.003}  # merged, not replaced
+    assert cfg.tasks["sub"] == load_config("default").tasks["sub"] and cfg.pretrain.epochs == 3.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("x: [", "is not valid YAML"),
+        ("- 1\n", "expected a mapping of config keys"),
+        ("pretrain: {lrr: 1}\n", "pretrain: unknown key 'lrr'; did you mean lr?"),
+    ],
+)
+def test_bad_config_files_are_refused(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(KbenchError, match=re.escape(message)):
+        load_config("default", files=[path])
+    with pytest.raises(KbenchError, match="cannot read config file"):
+        load_config("default", files=[tmp_path / "missing.yaml"])

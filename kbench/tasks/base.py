@@ -1,4 +1,5 @@
-"""What every downstream task is: fine-tune a copy of the pre-trained model, then evaluate it on the test split."""
+"""What every downstream task is: fine-tune a copy of the pre-trained model, then evaluate it on the test split
+(or, for model selection, on the dev split, optionally after every fine-tuning epoch)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from kbench.tasks.card import TaskCard
 from kbench.training import StepFn, fit
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
+
+# Receives the epoch (1-based) and the evaluation split's metrics after that fine-tuning epoch.
+EpochHook = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
@@ -42,8 +46,11 @@ class Task(ABC):
         return self.card.name
 
     @abstractmethod
-    def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:
-        """Fine-tune (a copy of) ``pretrained`` as the card says and evaluate it."""
+    def run(
+        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+    ) -> TaskResult:
+        """Fine-tune (a copy of) ``pretrained`` as the card says and evaluate it on ``split``; with ``on_epoch``,
+        also evaluate after every fine-tuning epoch and pass the metrics to it."""
 
     def train(
         self,
@@ -53,8 +60,11 @@ class Task(ABC):
         step: StepFn,
         recipe: OptimConfig | None = None,
         description: str | None = None,
+        on_epoch: EpochHook | None = None,
+        evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> list[dict[str, float]]:
-        """Fine-tune ``module`` for the recipe's epochs over shuffled training examples; return the curves."""
+        """Fine-tune ``module`` for the recipe's epochs over shuffled training examples; return the curves.
+        With ``on_epoch``, ``evaluate()`` runs after every epoch and its metrics go to ``on_epoch``."""
         recipe = recipe or self.recipe
         n = len(trial.data("train"))
         rng = np.random.default_rng(trial.spec.seed)
@@ -75,6 +85,7 @@ class Task(ABC):
             trial.device,
             runtime.precision,
             description or self.name,
+            (lambda epoch: on_epoch(epoch, evaluate())) if on_epoch and evaluate else None,
         )
 
 

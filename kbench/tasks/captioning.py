@@ -18,7 +18,7 @@ import torch
 from kbench.batches import ModelData, model_inputs
 from kbench.metrics import caption_scores
 from kbench.progress import stage
-from kbench.tasks.base import Task, TaskResult
+from kbench.tasks.base import EpochHook, Task, TaskResult
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
@@ -38,9 +38,11 @@ class CaptioningTask(Task):
 
     options_cls = CaptioningOptions
 
-    def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:
+    def run(
+        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+    ) -> TaskResult:
         model = copy.deepcopy(pretrained)
-        train, test = trial.data("train"), trial.data("test")
+        train, test = trial.data("train"), trial.data(split)
         mask_id = trial.tokenizer.mask_token_id
 
         def make_batch(positions: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
@@ -63,12 +65,17 @@ class CaptioningTask(Task):
             loss = torch.nn.functional.cross_entropy(logits, labels)
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
 
-        curves = self.train(trial, model, make_batch, step)
         positions = self.sample(test)
-        captions = self.generate(trial, model, test, positions)
         meta = test.split.meta.iloc[positions]
         keys = [str(r) for r in meta["row"]]
         references = {k: [d] for k, d in zip(keys, meta["description"], strict=False)}
+
+        def evaluate() -> dict[str, float]:
+            captions = self.generate(trial, model, test, positions)
+            return caption_scores(references, dict(zip(keys, captions, strict=False)))
+
+        curves = self.train(trial, model, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
+        captions = self.generate(trial, model, test, positions)
         scores = caption_scores(references, dict(zip(keys, captions, strict=False)))
         records = [
             {"row": int(r), "product_id": int(p), "reference": d, "caption": c}

@@ -14,7 +14,7 @@ from kbench.batches import ModelData, model_inputs
 from kbench.errors import KbenchError
 from kbench.metrics import classification_scores
 from kbench.progress import stage
-from kbench.tasks.base import Task, TaskResult
+from kbench.tasks.base import EpochHook, Task, TaskResult
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
@@ -53,10 +53,12 @@ class ClassificationTask(Task):
         if self.options.label not in LABEL_FIELDS:
             raise KbenchError(f"tasks.{self.name}.label must be one of {', '.join(LABEL_FIELDS)}")
 
-    def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:
+    def run(
+        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+    ) -> TaskResult:
         labels = trial.dataset.categories if self.options.label == "category" else trial.dataset.subcategories
         code = {name: i for i, name in enumerate(labels)}
-        train, test = trial.data("train"), trial.data("test")
+        train, test = trial.data("train"), trial.data(split)
         y_train = torch.from_numpy(self.codes(train, code))
         classifier = Classifier(copy.deepcopy(pretrained), len(labels)).to(trial.device)
 
@@ -71,9 +73,14 @@ class ClassificationTask(Task):
             loss = nn.functional.cross_entropy(logits, target)
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == target).float().mean()}
 
-        curves = self.train(trial, classifier, make_batch, step)
-        y_true, y_pred = self.codes(test, code), self.predict(trial, classifier, test)
-        scores = classification_scores(y_true, y_pred, labels=list(range(len(labels))))
+        y_true, label_codes = self.codes(test, code), list(range(len(labels)))
+
+        def evaluate() -> dict[str, float]:
+            return classification_scores(y_true, self.predict(trial, classifier, test), labels=label_codes)
+
+        curves = self.train(trial, classifier, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
+        y_pred = self.predict(trial, classifier, test)
+        scores = classification_scores(y_true, y_pred, labels=label_codes)
         unseen = int((y_true < 0).sum())
         names = [*labels, "(unseen in training)"] if unseen else labels  # code -1 indexes the last name
         matrix = pd.crosstab(

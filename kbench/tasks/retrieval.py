@@ -16,7 +16,7 @@ from kbench.metrics import rank_at_k
 from kbench.metrics.retrieval import TIES
 from kbench.progress import stage
 from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists
-from kbench.tasks.base import Task, TaskResult
+from kbench.tasks.base import EpochHook, Task, TaskResult
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
@@ -52,22 +52,33 @@ class RetrievalTask(Task):
             raise KbenchError(f"tasks.{self.name}.ties must be one of {', '.join(TIES)}")
         self.protocol = PROTOCOLS.get(self.options.protocol)()
 
-    def run(self, trial: Trial, pretrained: VLPreTrainedModel) -> TaskResult:
-        test = trial.data("test")
+    def run(
+        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+    ) -> TaskResult:
+        test = trial.data(split)
         lists = self.protocol.lists(test.split, self.options.query, self.options.queries, self.options.protocol_seed)
         metrics = {}
         if self.options.score_pretrained:
             scores = self.score(trial, pretrained, test, lists, f"{self.name} score (pre-trained)")
             metrics |= {f"pretrained_{k}": v for k, v in self.rank(scores, lists).items()}
-        recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
-        model, curves = trial.memo(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
+        if on_epoch:
+            model, curves = self.finetune(trial, pretrained, on_epoch, test, lists)
+        else:  # ITR and TIR of one trial share the fine-tuned model when their recipes agree
+            recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
+            model, curves = trial.memo(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
         metrics |= self.rank(self.score(trial, model, test, lists, f"{self.name} score"), lists)
         return TaskResult(metrics, {f"candidates_{self.name}.json": lists.to_json()}, curves)
 
     def finetune(
-        self, trial: Trial, pretrained: VLPreTrainedModel
+        self,
+        trial: Trial,
+        pretrained: VLPreTrainedModel,
+        on_epoch: EpochHook | None = None,
+        data: ModelData | None = None,
+        lists: CandidateLists | None = None,
     ) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
-        """ITM fine-tuning on matched pairs and mismatches (hard ones: same sub-category) of the train split."""
+        """ITM fine-tuning on matched pairs and mismatches (hard ones: same sub-category) of the train split;
+        with ``on_epoch``, ranking ``lists`` of ``data`` after every epoch."""
         model = copy.deepcopy(pretrained)
         train = trial.data("train")
         meta = train.split.meta
@@ -88,7 +99,11 @@ class RetrievalTask(Task):
             loss = torch.nn.functional.cross_entropy(logits, labels)
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
 
-        return model, self.train(trial, model, make_batch, step, description="fine-tune ITM (ITR, TIR)")
+        def evaluate() -> dict[str, float]:
+            return self.rank(self.score(trial, model, data, lists, f"{self.name} score"), lists)
+
+        description = "fine-tune ITM (ITR, TIR)"
+        return model, self.train(trial, model, make_batch, step, None, description, on_epoch, evaluate)
 
     @torch.inference_mode()
     def score(
