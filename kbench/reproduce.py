@@ -3,13 +3,18 @@
 The study is the smoke profile of the main table (every model of the paper's tables kbench has) and the AGM block
 of Table 4, run into a fresh tracking store. On a CPU the whole computation is seeded and deterministic, so the
 default tolerance is a rounding-level one; ``--update`` rewrites the reference for a change meant to move results.
+Trials run with their kernels pinned to AVX2 code paths (``PINNED_ISA``), so that x86 machines with wider vector
+units (AVX-512) round exactly as those without do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +33,21 @@ TOLERANCE = 1e-6  # relative, against max(1, |reference|)
 REFERENCE = Path(kbench.__file__).resolve().parent.parent / "results" / "reference" / f"{PROFILE}.json"
 
 Results = dict[str, dict[str, float]]  # trial label -> metric -> value
+
+# Read by torch's kernel dispatch, MKL and oneDNN when a trial's process starts (Ray workers inherit them).
+PINNED_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+@contextlib.contextmanager
+def pinned_isa() -> Iterator[None]:
+    """``PINNED_ISA`` in the environment for the block (where not set already), restored afterwards."""
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in PINNED_ISA.items() if k not in os.environ})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def run_study(uri: str) -> Results:
@@ -69,7 +89,7 @@ def reproduce(update: bool, reference: Path = REFERENCE, tolerance: float = TOLE
     """Rerun the study; with ``update`` rewrite ``reference``, else compare with it. ``(exit status, report)``."""
     if not update and not reference.is_file():
         raise KbenchError(f"no reference results at {reference}; `kbench reproduce --update` writes them")
-    with tempfile.TemporaryDirectory(prefix="kbench-reproduce-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kbench-reproduce-") as tmp, pinned_isa():
         current = run_study(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
     count = sum(len(m) for m in current.values())
     if update:
