@@ -48,7 +48,10 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         for epoch, values in enumerate(history, 1):
             run.log_metrics({f"pretrain/{k}": v for k, v in values.items()}, step=epoch)
         metrics: dict[str, float] = {}
-        for name in tasks:
+        skipped = [t for t in tasks if not trial.model_cls.generates_text and TASKS.get(t).kind == "captioning"]
+        if skipped:  # shown as "–" in the tables, as the paper does for ImageBERT's captioning
+            run.set_tags({"skipped_tasks": ",".join(skipped)})
+        for name in (t for t in tasks if t not in skipped):
             task = build_task(name, cfg.tasks.get(name, {}))
             with timed(timings, name):
                 result = task.run(trial, model)

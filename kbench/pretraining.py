@@ -78,7 +78,8 @@ def pretrain(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
             batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
             yield collate(batch, generator)
 
-    trained = DistributedDataParallel(model) if world > 1 else model
+    # Some heads are trained only in fine-tuning (VL-BERT's ITM, a dual encoder's match bias, disabled pretext heads).
+    trained = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     def step(batch: dict[str, torch.Tensor]):
         out = trained(**{k: v.to(trial.device, non_blocking=True) for k, v in batch.items()})

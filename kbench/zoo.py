@@ -57,6 +57,8 @@ class VLPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_attention_backend = True
     collator: ClassVar[type]  # builds pre-training batches for this entry
+    generates_text: ClassVar[bool] = True  # has mlm_logits, so it can caption; a dual encoder cannot
+    dual_encoder: ClassVar[bool] = False  # scores pairs by embedding similarity (image_embeddings, text_embeddings)
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation, including the buffers ``from_pretrained`` leaves to it."""
@@ -95,6 +97,19 @@ class VLPreTrainedModel(PreTrainedModel):
         when ``where`` is None. Used for captioning by mask-predict."""
         raise NotImplementedError
 
+    def image_embeddings(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
+        """(B, E) unit-norm image embeddings; dual encoders only."""
+        raise NotImplementedError
+
+    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, E) unit-norm text embeddings; dual encoders only."""
+        raise NotImplementedError
+
+    def embedding_scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Class-1 ITM logits of image and text embeddings paired along their broadcast leading dimensions (..., E)
+        -> (...); dual encoders only."""
+        raise NotImplementedError
+
     def load_bert_weights(self, bert: BertModel) -> None:
         """Copy a BERT checkpoint's text embeddings, encoder and pooler into this model."""
         raise NotImplementedError
@@ -112,6 +127,12 @@ MODELS.register(
     "kbench.kaleido.model:KaleidoBertForPreTraining",
     description="Kaleido-BERT: single stream [text | 55 kaleido patches of the saliency-locked garment];"
     " AMLM with alignment-guided masking, ITM, AKPM (rotation, jigsaw, camouflage, grey/blank-to-colour KL)",
+)
+MODELS.register(
+    "clip",
+    "baselines.clip:ClipForPreTraining",
+    description="CLIP-style dual encoder (not in the paper): BERT text encoder and a transformer over 8x8 patch"
+    " features, symmetric contrastive loss; retrieval by cosine similarity (also the full gallery), no captioning",
 )
 
 

@@ -15,12 +15,13 @@ from kbench.errors import KbenchError
 from kbench.metrics import rank_at_k
 from kbench.metrics.retrieval import TIES
 from kbench.progress import stage
-from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists
+from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists, FullGallery
 from kbench.tasks.base import EpochHook, Task, TaskResult
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
 KS = (1, 5, 10)
+FULL_GALLERY = FullGallery()
 
 
 @dataclass
@@ -67,7 +68,14 @@ class RetrievalTask(Task):
             recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
             model, curves = trial.memo(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
         metrics |= self.rank(self.score(trial, model, test, lists, f"{self.name} score"), lists)
-        return TaskResult(metrics, {f"candidates_{self.name}.json": lists.to_json()}, curves)
+        artifacts = {f"candidates_{self.name}.json": lists.to_json()}
+        if model.dual_encoder:  # the whole gallery is cheap from embeddings
+            full = FULL_GALLERY.lists(test.split, self.options.query, self.options.queries, self.options.protocol_seed)
+            metrics |= {
+                f"full_{k}": v for k, v in self.rank(self.similarities(trial, model, test, full), full).items()
+            }
+            artifacts[f"candidates_{self.name}_full.json"] = full.to_json()
+        return TaskResult(metrics, artifacts, curves)
 
     def finetune(
         self,
@@ -129,6 +137,32 @@ class RetrievalTask(Task):
                 out[part] = model.itm_logits(**batch)[:, 1].float().cpu().numpy()
                 advance(len(out[part]))
         return out.reshape(n_queries, n_candidates)
+
+    @torch.inference_mode()
+    def similarities(
+        self, trial: Trial, model: VLPreTrainedModel, test: ModelData, lists: CandidateLists
+    ) -> np.ndarray:
+        """(queries, candidates) scores of a dual encoder from embeddings of every test image and text, the same
+        values as its class-1 ITM logit."""
+        model.eval()
+        size = trial.cfg.runtime.eval_batch_size
+        images, texts = [], []
+        with stage(f"{self.name} embed", len(test)) as advance:
+            for start in range(0, len(test), size):
+                positions = np.arange(start, min(start + size, len(test)))
+                batch = model_inputs(test.inputs(positions, positions), trial.device)
+                images.append(model.image_embeddings(batch["patch_features"], batch["patch_locations"]).float())
+                texts.append(model.text_embeddings(batch["input_ids"], batch["attention_mask"]).float())
+                advance(len(positions))
+        position = {int(r): i for i, r in enumerate(test.split.meta["row"].to_numpy())}
+        query = torch.as_tensor([position[r] for r in lists.query_rows])
+        candidates = torch.as_tensor([[position[r] for r in row] for row in lists.candidate_rows])
+        image, text = torch.cat(images), torch.cat(texts)
+        if self.options.query == IMAGE_QUERY:
+            scores = model.embedding_scores(image[query][:, None, :], text[candidates])
+        else:
+            scores = model.embedding_scores(image[candidates], text[query][:, None, :])
+        return scores.float().cpu().numpy()
 
     def rank(self, scores: np.ndarray, lists: CandidateLists) -> dict[str, float]:
         positive = np.full(len(scores), lists.positive)
