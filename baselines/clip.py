@@ -126,11 +126,11 @@ class ClipForPreTraining(VLPreTrainedModel):
         self.match_bias = nn.Parameter(torch.zeros(()))
         self.post_init()
 
-    def image_embeddings(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
+    def embed_images(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
         """(B, hidden_size // 2) unit-norm image embeddings."""
         return F.normalize(self.visual_projection(self.vision_model(patch_features, patch_locations)), dim=-1)
 
-    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, hidden_size // 2) unit-norm text embeddings."""
         return F.normalize(self.text_projection(self.text_model(input_ids, attention_mask)), dim=-1)
 
@@ -143,13 +143,13 @@ class ClipForPreTraining(VLPreTrainedModel):
         return self.scale() * (image * text).sum(-1) - self.match_bias
 
     def pooled_output(self, **inputs: torch.Tensor) -> torch.Tensor:
-        image = self.image_embeddings(inputs["patch_features"], inputs["patch_locations"])
-        text = self.text_embeddings(inputs["input_ids"], inputs["attention_mask"])
+        image = self.embed_images(inputs["patch_features"], inputs["patch_locations"])
+        text = self.embed_texts(inputs["input_ids"], inputs["attention_mask"])
         return torch.cat([image, text], dim=-1)
 
     def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
-        image = self.image_embeddings(inputs["patch_features"], inputs["patch_locations"])
-        text = self.text_embeddings(inputs["input_ids"], inputs["attention_mask"])
+        image = self.embed_images(inputs["patch_features"], inputs["patch_locations"])
+        text = self.embed_texts(inputs["input_ids"], inputs["attention_mask"])
         match = self.embedding_scores(image, text)
         return torch.stack([torch.zeros_like(match), match], dim=-1)
 
@@ -171,8 +171,8 @@ class ClipForPreTraining(VLPreTrainedModel):
             return VLPreTrainingOutput(
                 loss=zero, losses={"contrastive_loss": zero}, accuracies={"contrastive_acc": zero}
             )
-        image = self.image_embeddings(patch_features[matched], patch_locations[matched])
-        text = self.text_embeddings(input_ids[matched], attention_mask[matched])
+        image = self.embed_images(patch_features[matched], patch_locations[matched])
+        text = self.embed_texts(input_ids[matched], attention_mask[matched])
         logits = self.scale() * image @ text.T
         target = torch.arange(len(logits), device=logits.device)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

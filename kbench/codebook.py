@@ -24,9 +24,11 @@ MAX_FIT_PATCHES = 200_000  # a seeded sample of the training patches is enough f
 
 @dataclass
 class Codebook:
-    """``size`` centroids in patch feature space."""
+    """``size`` centroids in patch feature space, and the mean squared distance of the training patches to their
+    nearest centroid (the scale soft assignments are taken at)."""
 
     centroids: torch.Tensor  # (size, D) float32
+    spread: float
 
     @property
     def size(self) -> int:
@@ -39,10 +41,11 @@ class Codebook:
         return nearest.reshape(features.shape[:-1])
 
     def distribution(self, features: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """A soft assignment (..., size): softmax of the negative squared distances over ``temperature``, the
-        stand-in for a detector's class distribution."""
+        """A soft assignment (..., size), the stand-in for a detector's class distribution: softmax of the negative
+        squared distances in units of ``spread`` (so it is as soft for 2048-d ResNet features as for small ones),
+        over ``temperature``."""
         flat = features.reshape(-1, features.shape[-1]).float()
-        logits = -torch.cdist(flat, self.centroids.to(flat.device)).pow(2) / temperature
+        logits = -torch.cdist(flat, self.centroids.to(flat.device)).pow(2) / (self.spread * temperature)
         return logits.softmax(dim=-1).reshape(*features.shape[:-1], self.size)
 
 
@@ -50,7 +53,8 @@ def fit_codebook(features: np.ndarray, size: int, seed: int = 0) -> Codebook:
     """k-means (mini-batch, seeded) over ``features`` (N, D)."""
     kmeans = MiniBatchKMeans(n_clusters=size, random_state=seed, batch_size=4096, n_init=3)
     kmeans.fit(features.astype(np.float32))
-    return Codebook(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)))
+    spread = max(float(kmeans.inertia_) / len(features), 1e-12)
+    return Codebook(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), spread)
 
 
 def codebook(trial: Trial, size: int) -> Codebook:
@@ -61,14 +65,15 @@ def codebook(trial: Trial, size: int) -> Codebook:
 def _cached_codebook(trial: Trial, size: int) -> Codebook:
     train = trial.data("train").features
     key = digest(CODEBOOK_VERSION, train.store, train.rows.tolist(), size, trial.spec.seed)
-    path = cache_dir("codebooks") / f"{key}.npy"
+    path = cache_dir("codebooks") / f"{key}.npz"
     if path.exists():
-        return Codebook(torch.from_numpy(np.load(path)))
+        with np.load(path) as stored:
+            return Codebook(torch.from_numpy(stored["centroids"]), float(stored["spread"]))
     rng = np.random.default_rng(trial.spec.seed)
     take = min(len(train), max(1, MAX_FIT_PATCHES // train.features.shape[1]))
     positions = np.sort(rng.choice(len(train), size=take, replace=False))
     sample = train.batch(positions)[0].numpy()
     book = fit_codebook(sample.reshape(-1, sample.shape[-1]), size, trial.spec.seed)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, book.centroids.numpy())
+        np.savez(f, centroids=book.centroids.numpy(), spread=book.spread)
     return book

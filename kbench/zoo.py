@@ -58,7 +58,7 @@ class VLPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     collator: ClassVar[type]  # builds pre-training batches for this entry
     generates_text: ClassVar[bool] = True  # has mlm_logits, so it can caption; a dual encoder cannot
-    dual_encoder: ClassVar[bool] = False  # scores pairs by embedding similarity (image_embeddings, text_embeddings)
+    dual_encoder: ClassVar[bool] = False  # scores pairs by embedding similarity (embed_images, embed_texts)
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation, including the buffers ``from_pretrained`` leaves to it."""
@@ -97,11 +97,11 @@ class VLPreTrainedModel(PreTrainedModel):
         when ``where`` is None. Used for captioning by mask-predict."""
         raise NotImplementedError
 
-    def image_embeddings(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
+    def embed_images(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
         """(B, E) unit-norm image embeddings; dual encoders only."""
         raise NotImplementedError
 
-    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, E) unit-norm text embeddings; dual encoders only."""
         raise NotImplementedError
 
@@ -127,6 +127,12 @@ MODELS.register(
     "kbench.kaleido.model:KaleidoBertForPreTraining",
     description="Kaleido-BERT: single stream [text | 55 kaleido patches of the saliency-locked garment];"
     " AMLM with alignment-guided masking, ITM, AKPM (rotation, jigsaw, camouflage, grey/blank-to-colour KL)",
+)
+MODELS.register(
+    "vilbert",
+    "baselines.vilbert:ViLBertForPreTraining",
+    description="ViLBERT-style two streams, BERT text | 8x8 patches after a mean-patch [IMG], joined by co-attention;"
+    " joint = pooled [CLS] x [IMG]: MLM, masked region KL to codebook visual words (detector classes), ITM",
 )
 MODELS.register(
     "clip",

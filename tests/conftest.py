@@ -6,8 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kbench.data.layout import TEST_FILE, TRAIN_FILE, write_split
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread() -> None:
+    """The tests' models are tiny: intra-op threads gain them nothing and only spin against other work. (Trials
+    that tests launch through Ray run in their own processes, with Ray's thread settings.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -78,8 +78,8 @@ def test_scores_shapes_and_embedding_scores_are_the_itm_logits() -> None:
     inputs = {k: batch()[k] for k in KEYS}
     logits = model.itm_logits(**inputs)
     assert logits.shape == (B, 2) and torch.equal(logits[:, 0], torch.zeros(B))
-    image = model.image_embeddings(inputs["patch_features"], inputs["patch_locations"])
-    text = model.text_embeddings(inputs["input_ids"], inputs["attention_mask"])
+    image = model.embed_images(inputs["patch_features"], inputs["patch_locations"])
+    text = model.embed_texts(inputs["input_ids"], inputs["attention_mask"])
     assert image.shape == text.shape == (B, 16)
     torch.testing.assert_close(image.norm(dim=-1), torch.ones(B))
     torch.testing.assert_close(model.embedding_scores(image, text), logits[:, 1])

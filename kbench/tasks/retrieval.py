@@ -151,8 +151,8 @@ class RetrievalTask(Task):
             for start in range(0, len(test), size):
                 positions = np.arange(start, min(start + size, len(test)))
                 batch = model_inputs(test.inputs(positions, positions), trial.device)
-                images.append(model.image_embeddings(batch["patch_features"], batch["patch_locations"]).float())
-                texts.append(model.text_embeddings(batch["input_ids"], batch["attention_mask"]).float())
+                images.append(model.embed_images(batch["patch_features"], batch["patch_locations"]).float())
+                texts.append(model.embed_texts(batch["input_ids"], batch["attention_mask"]).float())
                 advance(len(positions))
         position = {int(r): i for i, r in enumerate(test.split.meta["row"].to_numpy())}
         query = torch.as_tensor([position[r] for r in lists.query_rows])

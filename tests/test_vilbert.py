@@ -1,0 +1,218 @@
+"""The ViLBERT zoo entry: two-stream shapes and wiring, objectives, collator invariants, save/load, BERT init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining
+from kbench.codebook import fit_codebook
+from kbench.errors import KbenchError
+from kbench.text import bundled_checkpoint
+
+SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+B, T, K, D, WORDS = 6, 12, 16, 24, 8
+INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
+BOOK = fit_codebook((torch.rand(400, D, generator=torch.Generator().manual_seed(5)) * 3).numpy(), WORDS)
+
+
+def tiny_model(**options) -> ViLBertForPreTraining:
+    torch.manual_seed(0)
+    config = ViLBertConfig(
+        vocab_size=200, visual_feature_size=D, patch_scheme="grid-4", visual_words=WORDS, **SIZES, **options
+    )
+    return ViLBertForPreTraining(config)
+
+
+def raw_batch(seed: int = 0, batch: int = B, text: int = T, patches: int = K) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch, text, dtype=torch.long)
+    mask[:, text - 3 :] = 0
+    word_ids = torch.arange(text).expand(batch, text).clone() - 1
+    word_ids[:, text - 4 :] = -1  # [CLS] ... [SEP] then padding
+    return {
+        "input_ids": torch.randint(5, 200, (batch, text), generator=g),
+        "attention_mask": mask,
+        "word_ids": word_ids,
+        "patch_features": torch.rand(batch, patches, D, generator=g) * 3,
+        "patch_locations": torch.rand(batch, patches, 5, generator=g),
+        "itm_labels": torch.tensor([1, 1, 0, 1, 0, 1]).repeat(batch // 6 + 1)[:batch],
+        "image_positions": torch.arange(batch),
+        "text_positions": torch.arange(batch),
+    }
+
+
+def collated(model: ViLBertForPreTraining, seed: int = 0) -> dict[str, torch.Tensor]:
+    return ViLBertCollator(model.config, 3, BOOK)(raw_batch(seed), torch.Generator().manual_seed(1))
+
+
+def test_config_bounds_the_co_attention_layers() -> None:
+    assert ViLBertConfig(**SIZES).co_attention_layers == 1
+    assert ViLBertConfig(**SIZES, co_attention_layers=2).co_attention_layers == 2
+    for bad in (0, 3):
+        with pytest.raises(KbenchError, match="co_attention_layers must be between 1 and num_hidden_layers"):
+            ViLBertConfig(**SIZES, co_attention_layers=bad)
+
+
+def test_collator_corrupts_every_pair_and_scores_matched_ones() -> None:
+    model = tiny_model()
+    raw = raw_batch()
+    batch = ViLBertCollator(model.config, 3, BOOK)(dict(raw), torch.Generator().manual_seed(1))
+    assert set(batch) == {*INPUTS, "itm_labels", "mlm_labels", "region_mask", "region_targets"}
+    matched = batch["itm_labels"].bool()
+    # corruption must not reveal the alignment label: every pair has masked tokens and zeroed patches
+    assert (batch["input_ids"] != raw["input_ids"]).any(dim=1).all()
+    zeroed = (batch["patch_features"] == 0).all(dim=-1)
+    assert zeroed.any(dim=1).all()
+    # the masked word and region losses are taken on matched pairs only
+    labelled = batch["mlm_labels"] != -100
+    assert labelled[matched].any(dim=1).all() and not labelled[~matched].any()
+    assert not labelled[:, 0].any() and not labelled[:, T - 4 :].any(), "never [CLS], [SEP] or padding"
+    assert torch.equal(batch["mlm_labels"][labelled], raw["input_ids"][labelled])
+    region = batch["region_mask"]
+    assert region[matched].any(dim=1).all() and not region[~matched].any()
+    assert not (zeroed[matched] & ~region[matched]).any(), "every zeroed patch of a matched pair is a target"
+    assert torch.equal(batch["patch_features"][~zeroed], raw["patch_features"][~zeroed])
+    # targets: the codebook's soft assignment of the original (unmasked) features
+    targets = batch["region_targets"]
+    assert targets.shape == (B, K, WORDS)
+    torch.testing.assert_close(targets, BOOK.distribution(raw["patch_features"]))
+    torch.testing.assert_close(targets.sum(-1), torch.ones(B, K))
+    assert torch.equal(targets[region].argmax(-1), BOOK.assign(raw["patch_features"][region]))
+
+
+def test_masked_shares_match_the_configuration() -> None:
+    config = ViLBertConfig(vocab_size=200, visual_feature_size=D, visual_words=WORDS, **SIZES)
+    raw = raw_batch(seed=2, batch=300, text=40, patches=64)
+    raw["itm_labels"] = torch.ones(300, dtype=torch.long)
+    candidates = raw["word_ids"] >= 0
+    batch = ViLBertCollator(config, 3, BOOK)(dict(raw), torch.Generator().manual_seed(3))
+    word_share = (batch["mlm_labels"] != -100).sum() / candidates.sum()
+    region_share = batch["region_mask"].float().mean()
+    zeroed = (batch["patch_features"] == 0).all(dim=-1)
+    zeroed_share = zeroed.sum() / batch["region_mask"].sum()
+    assert abs(word_share - 0.15) < 0.01 and abs(region_share - 0.15) < 0.01
+    assert abs(zeroed_share - 0.9) < 0.03  # ViLBERT leaves 10 % of the masked regions unaltered
+
+
+def test_forward_shapes_and_losses() -> None:
+    model = tiny_model().eval()
+    batch = collated(model)
+    out = model(**batch)
+    assert set(out.losses) == {"mlm_loss", "mrm_loss", "itm_loss"}
+    assert set(out.accuracies) == {"mlm_acc", "mrm_acc", "itm_acc"}
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    torch.testing.assert_close(out.loss, sum(out.losses.values()))
+    inputs = {k: batch[k] for k in INPUTS}
+    bare = model.vl(**inputs)
+    assert bare.text_hidden_state.shape == (B, T, 32) and bare.image_hidden_state.shape == (B, K + 1, 32)
+    pooled = model.pooled_output(**inputs)
+    assert pooled.shape == (B, 32)
+    # the joint representation is the product of the pooled [CLS] and [IMG]
+    torch.testing.assert_close(
+        pooled, model.vl.pooler(bare.text_hidden_state) * model.vl.image_pooler(bare.image_hidden_state)
+    )
+    torch.testing.assert_close(model.itm_logits(**inputs), model.itm_head(pooled))
+    assert model.mlm_logits(**inputs).shape == (B, T, 200)
+    where = torch.zeros(B, T, dtype=torch.bool)
+    where[:, 2] = True
+    torch.testing.assert_close(model.mlm_logits(where=where, **inputs), model.mlm_logits(**inputs)[:, 2])
+
+
+def test_streams_meet_only_through_co_attention_and_ignore_text_padding() -> None:
+    model = tiny_model(co_attention_layers=2).eval()
+    inputs = {k: v for k, v in raw_batch().items() if k in INPUTS}
+    base = model.vl(**inputs)
+    other_image = {**inputs, "patch_features": inputs["patch_features"].flip(0)}
+    assert not torch.allclose(model.vl(**other_image).text_hidden_state, base.text_hidden_state)
+    padded = inputs["attention_mask"] == 0
+    other_padding = {**inputs, "input_ids": inputs["input_ids"].masked_fill(padded, 7)}
+    moved = model.vl(**other_padding)
+    torch.testing.assert_close(moved.image_hidden_state, base.image_hidden_state)
+    torch.testing.assert_close(moved.pooler_output, base.pooler_output)
+    # the [IMG] token sees the mean patch: permuting the patches changes the patch states, not [IMG]'s
+    order = torch.randperm(K, generator=torch.Generator().manual_seed(0))
+    permuted = {
+        **inputs,
+        "patch_features": inputs["patch_features"][:, order],
+        "patch_locations": inputs["patch_locations"][:, order],
+    }
+    shuffled = model.vl(**permuted)
+    torch.testing.assert_close(shuffled.image_hidden_state[:, 0], base.image_hidden_state[:, 0])
+    torch.testing.assert_close(shuffled.image_hidden_state[:, 1:], base.image_hidden_state[:, 1:][:, order])
+
+
+def test_masked_region_loss_is_the_kl_to_the_visual_word_distribution() -> None:
+    model = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 5, 32, generator=g, requires_grad=True)
+    mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    targets = torch.softmax(torch.randn(2, 5, WORDS, generator=g) * 3, -1)
+    loss, acc = model.masked_region_loss(hidden, mask, targets)
+    p, q = targets[mask], torch.softmax(model.region_head(hidden[mask]), -1)
+    torch.testing.assert_close(loss, (p * (p / q).log()).sum() / 4)
+    assert acc == (q.argmax(-1) == p.argmax(-1)).float().mean()
+    zero, _ = model.masked_region_loss(hidden, torch.zeros_like(mask), targets)
+    assert zero == 0 and zero.requires_grad
+
+
+def test_every_loss_decreases_on_a_tiny_batch() -> None:
+    model = tiny_model()
+    batch = collated(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = {k: v.item() for k, v in model(**batch).losses.items()}
+    for _ in range(40):
+        out = model(**batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    for name in first:
+        assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
+
+
+def test_pretraining_collator_uses_the_trials_codebook() -> None:
+    model = tiny_model()
+    asked = []
+    trial = SimpleNamespace(
+        tokenizer=SimpleNamespace(mask_token_id=103), memo=lambda key, build: asked.append(key) or BOOK
+    )
+    collate = ViLBertForPreTraining.pretraining_collator(model.config, trial)
+    assert isinstance(collate, ViLBertCollator) and collate.codebook is BOOK and collate.mask_token_id == 103
+    assert asked == [f"codebook-{WORDS}"]
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = tiny_model(co_attention_layers=2).eval()
+    model.save_pretrained(tmp_path)
+    loaded = ViLBertForPreTraining.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.config, ViLBertConfig) and loaded.config.model_type == "kbench-vilbert"
+    assert loaded.config.co_attention_layers == 2 and loaded.config.visual_words == WORDS
+    inputs = {k: v for k, v in raw_batch().items() if k in INPUTS}
+    torch.testing.assert_close(loaded.itm_logits(**inputs), model.itm_logits(**inputs))
+    torch.testing.assert_close(loaded.mlm_logits(**inputs), model.mlm_logits(**inputs))
+    assert loaded.mlm_head.predictions.decoder.weight is loaded.vl.embeddings.word_embeddings.weight
+
+
+def test_initialised_from_the_bundled_bert_checkpoint() -> None:
+    bert = BertModel.from_pretrained(str(bundled_checkpoint()))
+    assert bert.config.num_hidden_layers == 6
+    arch = {k: getattr(bert.config, k) for k in ("hidden_size", "num_attention_heads", "intermediate_size")}
+    model = ViLBertForPreTraining(
+        ViLBertConfig(vocab_size=bert.config.vocab_size, visual_feature_size=D, num_hidden_layers=4, **arch)
+    )
+    model.load_bert_weights(bert)
+    for part in ("embeddings", "pooler"):
+        for name, tensor in getattr(bert, part).state_dict().items():
+            assert torch.equal(getattr(model.vl, part).state_dict()[name], tensor), f"{part}.{name}"
+    for i, layer in enumerate(model.vl.encoder.layer):  # the first four of BERT's six
+        for name, tensor in bert.encoder.layer[i].state_dict().items():
+            assert torch.equal(layer.state_dict()[name], tensor), f"layer {i} {name}"
+    assert model.mlm_head.predictions.decoder.weight is model.vl.embeddings.word_embeddings.weight
+    shallow = BertModel(BertConfig(vocab_size=200, **{**SIZES, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError):
+        tiny_model().load_bert_weights(shallow)
