@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from kbench.trial import Trial
 
 REGION_ZERO_SHARE = 0.9  # ViLBERT zeroes 90 % of the masked regions' features and leaves 10 % unaltered
-WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0, 1.0)  # the [IMG] token's location: x1, y1, x2, y2, area
+WHOLE_IMAGE = (0.0, 1.0, 0.0, 1.0, 1.0)  # the [IMG] token's location, in kbench.patches order: x1, x2, y1, y2, area
 
 
 class ViLBertConfig(BertConfig):

@@ -129,6 +129,18 @@ MODELS.register(
     " AMLM with alignment-guided masking, ITM, AKPM (rotation, jigsaw, camouflage, grey/blank-to-colour KL)",
 )
 MODELS.register(
+    "vlbert",
+    "baselines.vlbert:VLBertForPreTraining",
+    description="VL-BERT-style single stream [text | 8x8 patches] with a whole-image visual embedding on every word:"
+    " MLM with visual clues, masked RoI classification over codebook visual words; ITM head fine-tuned only",
+)
+MODELS.register(
+    "imagebert",
+    "baselines.imagebert:ImageBertForPreTraining",
+    description="ImageBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked object classification over"
+    " codebook visual words, masked region feature regression (L2)",
+)
+MODELS.register(
     "vilbert",
     "baselines.vilbert:ViLBertForPreTraining",
     description="ViLBERT-style two streams, BERT text | 8x8 patches after a mean-patch [IMG], joined by co-attention;"

@@ -1,0 +1,210 @@
+"""The VL-BERT zoo entry: shapes, objectives, collator invariants, the visual embedding of the words, save/load,
+BERT initialisation."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from transformers import BertModel
+
+from baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
+from kbench.codebook import Codebook, fit_codebook
+from kbench.text import bundled_checkpoint
+from kbench.zoo import ARCHITECTURE_KEYS, option_names
+
+SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+B, T, K, D, WORDS = 6, 12, 16, 24, 8
+INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
+
+
+def tiny_model(**options) -> VLBertForPreTraining:
+    torch.manual_seed(0)
+    config = VLBertConfig(
+        vocab_size=200, visual_feature_size=D, patch_scheme="grid-4", visual_words=WORDS, **SIZES, **options
+    )
+    return VLBertForPreTraining(config)
+
+
+def raw_batch(seed: int = 0, batch_size: int = B) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch_size, T, dtype=torch.long)
+    mask[:, 9:] = 0
+    word_ids = torch.arange(T).expand(batch_size, T).clone() - 1
+    word_ids[:, 8:] = -1  # [CLS] ... [SEP] then padding
+    return {
+        "input_ids": torch.randint(5, 200, (batch_size, T), generator=g),
+        "attention_mask": mask,
+        "word_ids": word_ids,
+        "patch_features": torch.rand(batch_size, K, D, generator=g) * 3,
+        "patch_locations": torch.rand(batch_size, K, 5, generator=g),
+        "itm_labels": torch.tensor([1, 1, 0, 1, 0, 1]).repeat(batch_size // B),
+        "image_positions": torch.arange(batch_size),
+        "text_positions": torch.arange(batch_size),
+    }
+
+
+@cache
+def book() -> Codebook:
+    return fit_codebook(raw_batch()["patch_features"].reshape(-1, D).numpy(), WORDS)
+
+
+def collate(model: VLBertForPreTraining, raw: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:
+    return VLBertCollator(model.config, 3, book())(dict(raw), torch.Generator().manual_seed(seed))
+
+
+def test_config_options() -> None:
+    assert {"visual_words", "patch_mask_probability", "mlm_probability", "visual_feature_size"} <= set(
+        option_names(VLBertForPreTraining)
+    )
+    config = VLBertConfig()
+    assert (config.patch_scheme, config.visual_words, config.patch_mask_probability) == ("grid-8", 64, 0.15)
+
+
+def test_pretraining_collator_uses_the_trials_codebook() -> None:
+    codebook = book()
+    trial = SimpleNamespace(
+        tokenizer=SimpleNamespace(mask_token_id=7), memo=lambda key, make: {f"codebook-{WORDS}": codebook}[key]
+    )
+    collator = VLBertForPreTraining.pretraining_collator(tiny_model().config, trial)
+    assert collator.codebook is codebook and collator.mask_token_id == 7
+
+
+def test_collator_corrupts_every_pair_and_scores_matched_ones() -> None:
+    model = tiny_model()
+    raw = raw_batch()
+    batch = collate(model, raw)
+    matched = raw["itm_labels"].bool()
+    assert set(batch) == set(INPUTS) | {"mlm_labels", "patch_labels"}, "no ITM loss, so no itm_labels"
+    # corruption must not reveal the ITM label: every pair, matched or not, has masked tokens and patches
+    assert (batch["input_ids"] != raw["input_ids"]).any(dim=1).all()
+    zeroed = (batch["patch_features"] == 0).all(dim=-1)
+    assert zeroed.any(dim=1).all()
+    labelled = batch["mlm_labels"] != -100
+    assert labelled[matched].any(dim=1).all() and not labelled[~matched].any()
+    assert not labelled[:, 0].any() and not labelled[:, 8:].any(), "never [CLS], [SEP] or padding"
+    assert torch.equal(batch["mlm_labels"][labelled], raw["input_ids"][labelled])
+    scored = batch["patch_labels"] != -100
+    assert scored[matched].any(dim=1).all() and not scored[~matched].any()
+    assert (scored | ~matched[:, None] | ~zeroed).all(), "every zeroed patch of a matched pair is scored"
+    assert torch.equal(batch["patch_labels"][scored], book().assign(raw["patch_features"])[scored])
+    kept = ~zeroed
+    assert torch.equal(batch["patch_features"][kept], raw["patch_features"][kept])
+
+
+def expected_share(p: float, n: int) -> float:
+    """The share ``choose_tokens`` picks among ``n`` candidates: ``p``, plus one forced pick when none was drawn."""
+    return p + (1 - p) ** n / n
+
+
+def test_masked_shares_follow_the_config() -> None:
+    model = tiny_model()
+    raw = raw_batch(batch_size=3000)
+    batch = collate(model, raw)
+    matched = raw["itm_labels"].bool()
+    words = (raw["word_ids"] >= 0)[matched]
+    labelled = (batch["mlm_labels"] != -100)[matched]
+    assert abs(labelled.sum() / words.sum() - expected_share(0.15, int(words[0].sum()))) < 0.01
+    scored = (batch["patch_labels"] != -100)[matched]
+    assert abs(scored.float().mean() - expected_share(0.15, K)) < 0.01
+    zeroed = (batch["patch_features"] == 0).all(dim=-1)[matched]
+    assert abs(zeroed[scored].float().mean() - 0.9) < 0.03, "90 % of masked patches zeroed, 10 % unaltered"
+
+
+def test_a_masked_patch_reaches_the_model_only_as_its_label() -> None:
+    """Changing a zeroed patch's original feature changes no model input: the words' whole-image embedding is the
+    mean of the corrupted features."""
+    model = tiny_model()
+    raw = raw_batch()
+    batch = collate(model, raw)
+    zeroed = (batch["patch_features"] == 0).all(dim=-1)
+    changed = dict(raw, patch_features=raw["patch_features"].masked_fill(zeroed[..., None], 2.5))
+    again = collate(model, changed)
+    for key in INPUTS:
+        assert torch.equal(again[key], batch[key]), key
+
+
+def test_every_word_carries_the_whole_image_embedding() -> None:
+    model = tiny_model().eval()
+    bare = model.vl
+    raw = raw_batch()
+    ids, features, locations = raw["input_ids"], raw["patch_features"], raw["patch_locations"]
+    # VL-BERT's zero gains: at initialisation the words embed as in BERT, whatever the image
+    torch.testing.assert_close(bare.embed(ids, features, locations)[:, :T], bare.embeddings(input_ids=ids))
+    with torch.no_grad():
+        bare.patch_embeddings.text_visual_norm.weight.fill_(1.0)
+    text = bare.embed(ids, features, locations)[:, :T]
+    assert not torch.allclose(text, bare.embeddings(input_ids=ids), atol=1e-3)
+    # the words of one pair depend on the image through the mean patch feature only
+    shuffled = features[:, torch.randperm(K)]
+    torch.testing.assert_close(bare.embed(ids, shuffled, locations)[:, :T], text)
+    other = features.roll(1, dims=0)
+    assert not torch.allclose(bare.embed(ids, other, locations)[:, :T], text, atol=1e-3)
+
+
+def test_forward_shapes_and_losses() -> None:
+    model = tiny_model()
+    batch = collate(model, raw_batch())
+    out = model(**batch)
+    assert set(out.losses) == {"mlm_loss", "mrc_loss"} and set(out.accuracies) == {"mlm_acc", "mrc_acc"}
+    assert all(torch.isfinite(v) for v in out.losses.values())
+    assert torch.allclose(out.loss, sum(out.losses.values()))
+    inputs = {k: batch[k] for k in INPUTS}
+    assert model.itm_logits(**inputs).shape == (B, 2)
+    assert model.pooled_output(**inputs).shape == (B, 32)
+    assert model.mlm_logits(**inputs).shape == (B, T, 200)
+    where = torch.zeros(B, T, dtype=torch.bool)
+    where[:, 2] = True
+    assert model.mlm_logits(where=where, **inputs).shape == (B, 200)
+
+
+def test_no_itm_loss_in_pretraining() -> None:
+    model = tiny_model()
+    model(**collate(model, raw_batch())).loss.backward()
+    assert all(p.grad is None for p in model.itm_head.parameters()), "the ITM head is trained in fine-tuning only"
+    assert model.region_head[1].weight.grad.abs().sum() > 0
+
+
+def test_every_loss_decreases_on_a_tiny_batch() -> None:
+    model = tiny_model()
+    batch = collate(model, raw_batch())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = {k: v.item() for k, v in model(**batch).losses.items()}
+    for _ in range(40):
+        out = model(**batch)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    for name in first:
+        assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    model = tiny_model().eval()
+    with torch.no_grad():  # trained gains must survive loading (not be re-initialised to 0)
+        model.vl.patch_embeddings.text_visual_norm.weight.normal_()
+        model.vl.patch_embeddings.patch_visual_norm.weight.normal_()
+    model.save_pretrained(tmp_path)
+    loaded = VLBertForPreTraining.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded.config, VLBertConfig) and loaded.config.model_type == "kbench-vlbert"
+    assert loaded.config.visual_words == WORDS
+    inputs = {k: v for k, v in raw_batch().items() if k in INPUTS}
+    torch.testing.assert_close(loaded.itm_logits(**inputs), model.itm_logits(**inputs))
+    torch.testing.assert_close(loaded.mlm_logits(**inputs), model.mlm_logits(**inputs))
+    assert loaded.mlm_head.predictions.decoder.weight is loaded.vl.embeddings.word_embeddings.weight
+
+
+def test_initialised_from_the_bundled_bert_checkpoint() -> None:
+    bert = BertModel.from_pretrained(str(bundled_checkpoint())).eval()
+    arch = {k: getattr(bert.config, k) for k in ARCHITECTURE_KEYS}
+    model = VLBertForPreTraining(VLBertConfig(visual_feature_size=D, **arch)).eval()
+    model.load_bert_weights(bert)
+    for name, tensor in bert.state_dict().items():
+        assert torch.equal(model.vl.state_dict()[name], tensor), name
+    assert model.mlm_head.predictions.decoder.weight is model.vl.embeddings.word_embeddings.weight
+    raw = raw_batch()
+    words = model.vl.embed(raw["input_ids"], raw["patch_features"], raw["patch_locations"])[:, :T]
+    torch.testing.assert_close(words, bert.embeddings(input_ids=raw["input_ids"]))
