@@ -147,6 +147,12 @@ MODELS.register(
     " joint = pooled [CLS] x [IMG]: MLM, masked region KL to codebook visual words (detector classes), ITM",
 )
 MODELS.register(
+    "oscar",
+    "baselines.oscar:OscarForPreTraining",
+    description="OSCAR-style single stream [text | 8 tags | 8x8 patches], tags from an in-model image tagger (for"
+    " detector tags): masked token loss over text and tags, contrastive loss with polluted tags (also ITM), tag BCE",
+)
+MODELS.register(
     "clip",
     "baselines.clip:ClipForPreTraining",
     description="CLIP-style dual encoder (not in the paper): BERT text encoder and a transformer over 8x8 patch"
