@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -12,16 +13,17 @@ from mlflow.tracking import MlflowClient
 
 from kbench.cli import main
 from kbench.data.layout import TRAIN_FILE
+from kbench.zoo import MODELS
 
 SMOKE = ["--profile", "smoke"]
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One `kbench run --model fashionbert,kaleido --task all --profile smoke` into a fresh SQLite store."""
+    """One `kbench run --model all --task all --profile smoke` into a fresh SQLite store."""
     root = tmp_path_factory.mktemp("run")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    models = "fashionbert,kaleido"
+    models = "all"
     argv = ["run", "--model", models, "--task", "all", *SMOKE, "--tracking-uri", uri, "--experiment", "e2e"]
     code = main(argv)
     return {"code": code, "uri": uri, "root": root}
@@ -34,7 +36,7 @@ def test_run_logs_every_task_to_mlflow(smoke_run: dict) -> None:
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = {r.data.tags["kbench.model"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
-    assert len(parents) == 1 and sorted(children) == ["fashionbert", "kaleido"]
+    assert len(parents) == 1 and sorted(children) == MODELS.names()
     assert parents[0].info.status == "FINISHED" and all(c.info.status == "FINISHED" for c in children.values())
     child = children["fashionbert"]
     assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -101,6 +103,31 @@ def test_table_is_rebuilt_from_mlflow(smoke_run: dict, capsys: pytest.CaptureFix
     assert lines[2].startswith("fashionbert,kbench,1,")
     assert lines[3].startswith("Kaleido-BERT,paper,,27.99,,60.09,,68.37,")
     assert lines[4].startswith("kaleido,kbench,1,")
+
+
+def test_every_zoo_entry_runs_every_task_it_can(smoke_run: dict, capsys: pytest.CaptureFixture) -> None:
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    experiment = client.get_experiment_by_name("e2e")
+    runs = {
+        r.data.tags["kbench.model"]: r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("kbench.variant")
+    }
+    assert sorted(runs) == ["clip", "fashionbert", "imagebert", "kaleido", "oscar", "vilbert", "vlbert"]
+    for name, run in runs.items():
+        metrics = run.data.metrics
+        assert {"itr/R1", "tir/R10", "cr/acc", "sub/macro_f", "sums/SumR", "sums/SumCLS"} <= set(metrics), name
+        assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith("pretrain/")), name
+        if name == "clip":  # a dual encoder: no captioning, and the whole gallery from embeddings
+            assert run.data.tags["kbench.skipped_tasks"] == "fc" and "fc/CIDEr" not in metrics
+            assert {"itr/full_R1", "tir/full_R10"} <= set(metrics) and "sums/SumCAP" not in metrics
+        else:
+            assert "kbench.skipped_tasks" not in run.data.tags and "sums/SumCAP" in metrics, name
+    assert main(["table", "--main", "--tracking-uri", smoke_run["uri"], "--experiment", "e2e"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert {"vilbert", "vlbert", "imagebert", "oscar", "clip", "ViLBERT", "VL-BERT", "ImageBERT", "OSCAR"} <= set(rows)
+    cells = [c.strip() for c in rows["clip"].strip(" |").split("|")]  # Table 3's row: captioning is not run
+    assert cells[-5:] == ["–"] * 5 and cells[3] != "–"
 
 
 def test_kaleido_logs_its_pretext_tasks_and_measurements(smoke_run: dict) -> None:
@@ -182,8 +209,11 @@ def test_bad_data_files_stop_before_any_run(
 def test_ls_and_config(capsys: pytest.CaptureFixture) -> None:
     assert main(["ls", "models"]) == 0
     models = capsys.readouterr().out.splitlines()
-    assert models[0].startswith("fashionbert  FashionBERT-style single stream [text | 8x8 patches]")
-    assert models[1].startswith("kaleido      Kaleido-BERT: single stream [text | 55 kaleido patches")
+    described = {line.split()[0]: line for line in models}
+    assert sorted(described) == ["clip", "fashionbert", "imagebert", "kaleido", "oscar", "vilbert", "vlbert"]
+    assert described["fashionbert"].startswith("fashionbert  FashionBERT-style single stream [text | 8x8 patches]")
+    assert described["kaleido"].startswith("kaleido      Kaleido-BERT: single stream [text | 55 kaleido patches")
+    assert "co-attention" in described["vilbert"] and "codebook visual words" in described["vlbert"]
     assert main(["ls", "tasks"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out] == ["cr", "fc", "itr", "sub", "tir"]

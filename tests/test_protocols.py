@@ -57,12 +57,17 @@ def test_text_queries_rank_one_image_per_product(test_split) -> None:
 def test_lists_are_seeded_cached_and_reused(test_split) -> None:
     protocol = FashionBert101()
     first = protocol.lists(test_split, "image", 25, seed=4)
-    cached = list(cache_dir("protocols").glob(f"fashionbert-101-v1-image-{test_split.file_fingerprint}-q25-s4.json"))
+    cached = list(cache_dir("protocols").glob("fashionbert-101-v1-image-test-*-q25-s4.json"))
     assert len(cached) == 1
     assert CandidateLists.from_json(cached[0].read_text()) == first
     assert protocol.lists(test_split, "image", 25, seed=4) == first
     assert protocol.draw(test_split, "image", 25, seed=4) == first
     assert protocol.draw(test_split, "image", 25, seed=5).query_products != first.query_products
+    # a part of the same file (as the dev split is of the train file) gets lists of its own
+    part = test_split.subset(np.arange(len(test_split) // 2), "dev")
+    assert part.file_fingerprint == test_split.file_fingerprint
+    assert set(protocol.lists(part, "image", 25, seed=4).query_rows) <= set(part.meta["row"])
+    assert len(list(cache_dir("protocols").glob("fashionbert-101-v1-image-*-q25-s4.json"))) == 2
 
 
 def test_full_gallery(test_split) -> None:
