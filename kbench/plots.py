@@ -17,7 +17,7 @@ from kbench.tables import AblationCell, ablation_cells, load_runs, select
 from kbench.tracking import Tracking, TrialRun, open_experiment
 
 SUMS = ("SumR", "SumCLS", "SumCAP")  # the paper's summary of each task family
-CURVES = ("mlm", "itm", "rr", "jps", "cp", "g2cm", "b2cm")
+CURVES = ("mlm", "itm", "rr", "jps", "cp", "g2cm", "b2cm")  # Fig. 7's order; other entries' objectives follow
 
 
 def ablation_figure(cells: dict[str, dict[str, AblationCell]], block: str) -> Figure:
@@ -39,10 +39,11 @@ def ablation_figure(cells: dict[str, dict[str, AblationCell]], block: str) -> Fi
 
 
 def curves_figure(history: dict[str, list[tuple[int, float]]], title: str) -> Figure:
-    """Losses and accuracies of each pretext task per pre-training epoch."""
+    """Losses and accuracies of each pretext task (every ``pretrain/<task>_loss`` or ``_acc`` logged) per epoch."""
     fig = Figure(figsize=(10, 3.8), layout="constrained")
     losses, accuracies = fig.subplots(1, 2)
-    for task in CURVES:
+    logged = {k.removeprefix("pretrain/").rsplit("_", 1)[0] for k in history if k.endswith(("_loss", "_acc"))}
+    for task in [t for t in CURVES if t in logged] + sorted(logged - set(CURVES)):
         for ax, kind in ((losses, "loss"), (accuracies, "acc")):
             points = history.get(f"pretrain/{task}_{kind}")
             if points:

@@ -60,6 +60,10 @@ def test_curves_follow_the_logged_history(store: str, tmp_path: Path) -> None:
     fig = curves_figure({"pretrain/rr_acc": [(1, 0.3), (2, 0.6)], "pretrain/rr_loss": [(1, 1.0), (2, 0.5)]}, "t")
     losses, accuracies = fig.axes
     assert accuracies.lines[0].get_ydata().tolist() == [0.3, 0.6] and losses.lines[0].get_label() == "RR"
+    # any entry's objectives: Fig. 7's first, then the others (ViLBERT's MRM, FashionBERT's MPFC) by name
+    history = {f"pretrain/{t}_loss": [(1, 1.0)] for t in ("mrm", "itm", "mpfc", "mlm")} | {"pretrain/loss": [(1, 3.0)]}
+    losses, _ = curves_figure(history, "t").axes
+    assert [line.get_label() for line in losses.lines] == ["MLM", "ITM", "MPFC", "MRM"]
     assert main(["plot", "--curves", "--out", str(tmp_path), "--tracking-uri", store, "--experiment", "plots"]) == 0
     path = tmp_path / "curves-kaleido-default-synth.png"
     assert path.read_bytes().startswith(PNG)
