@@ -15,7 +15,7 @@ from torch import nn
 from transformers import BertConfig
 
 from kbench.losses import adaptive_weights, feature_kl
-from kbench.masking import apply_token_mask, choose_tokens
+from kbench.masking import mask_pairs
 from kbench.single_stream import SingleStreamForPreTraining, SingleStreamModel
 from kbench.zoo import VLPreTrainingOutput
 
@@ -90,17 +90,8 @@ class FashionBertCollator:
     mask_token_id: int
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        del batch["image_positions"], batch["text_positions"]
-        matched = batch["itm_labels"].bool()[:, None]
-        chosen = choose_tokens(batch.pop("word_ids") >= 0, self.config.mlm_probability, generator)
-        batch["input_ids"], labels = apply_token_mask(
-            batch["input_ids"], chosen, self.mask_token_id, self.config.vocab_size, generator
-        )
-        batch["mlm_labels"] = labels.masked_fill(~matched, -100)
+        matched, masked = mask_pairs(batch, self.config, self.mask_token_id, generator)
         patches = batch["patch_features"]
-        masked = choose_tokens(
-            torch.ones(patches.shape[:2], dtype=torch.bool), self.config.patch_mask_probability, generator
-        )
         batch["patch_targets"] = patches
         batch["patch_features"] = patches.masked_fill(masked[..., None], 0.0)
         batch["patch_mask"] = masked & matched

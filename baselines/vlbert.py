@@ -38,7 +38,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
 from kbench.codebook import Codebook, codebook
-from kbench.masking import apply_token_mask, choose_tokens
+from kbench.masking import mask_pairs
 from kbench.single_stream import SingleStreamForPreTraining, SingleStreamModel
 from kbench.zoo import VLPreTrainingOutput
 
@@ -170,17 +170,9 @@ class VLBertCollator:
     codebook: Codebook
 
     def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        del batch["image_positions"], batch["text_positions"]
-        matched = batch.pop("itm_labels").bool()[:, None]
-        chosen = choose_tokens(batch.pop("word_ids") >= 0, self.config.mlm_probability, generator)
-        batch["input_ids"], labels = apply_token_mask(
-            batch["input_ids"], chosen, self.mask_token_id, self.config.vocab_size, generator
-        )
-        batch["mlm_labels"] = labels.masked_fill(~matched, -100)
+        matched, masked = mask_pairs(batch, self.config, self.mask_token_id, generator)
+        del batch["itm_labels"]  # VL-BERT does not pre-train ITM
         patches = batch["patch_features"]
-        masked = choose_tokens(
-            torch.ones(patches.shape[:2], dtype=torch.bool), self.config.patch_mask_probability, generator
-        )
         zeroed = masked & (torch.rand(masked.shape, generator=generator) < REGION_ZERO_SHARE)
         batch["patch_features"] = patches.masked_fill(zeroed[..., None], 0.0)
         batch["patch_labels"] = self.codebook.assign(patches).masked_fill(~(masked & matched), -100)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -31,3 +33,23 @@ def apply_token_mask(
     random_slot = chosen & (roll >= 0.8) & (roll < 0.9)
     corrupted[random_slot] = torch.randint(vocab_size, input_ids.shape, generator=generator)[random_slot]
     return corrupted, labels
+
+
+def mask_pairs(
+    batch: dict[str, torch.Tensor], config: Any, mask_token_id: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corruption the MLM-plus-masked-patch entries share, drawn alike for every pair so that it says nothing of
+    the ITM label: ``config.mlm_probability`` of the word pieces BERT-masked in ``batch["input_ids"]`` and their
+    ``mlm_labels`` added (-100 on mismatched pairs, whose text does not describe the image); ``word_ids`` and the
+    position keys consumed. Returns ``(matched (B, 1), chosen patches (B, K))``, the patches chosen with
+    ``config.patch_mask_probability`` and left for the entry to corrupt and score."""
+    del batch["image_positions"], batch["text_positions"]
+    matched = batch["itm_labels"].bool()[:, None]
+    chosen = choose_tokens(batch.pop("word_ids") >= 0, config.mlm_probability, generator)
+    batch["input_ids"], labels = apply_token_mask(
+        batch["input_ids"], chosen, mask_token_id, config.vocab_size, generator
+    )
+    batch["mlm_labels"] = labels.masked_fill(~matched, -100)
+    patches = batch["patch_features"]
+    masked = choose_tokens(torch.ones(patches.shape[:2], dtype=torch.bool), config.patch_mask_probability, generator)
+    return matched, masked

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import BertModel
+from zoo_inputs import SIZES, raw_batch, train_on
 
 from baselines.fashionbert import FashionBertCollator, FashionBertConfig, FashionBertForPreTraining
 from kbench.errors import KbenchError
@@ -15,7 +16,6 @@ from kbench.masking import apply_token_mask, choose_tokens
 from kbench.text import bundled_checkpoint
 from kbench.zoo import MODELS, build_model, check_options
 
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 B, T, K, D = 6, 12, 16, 24
 
 
@@ -24,24 +24,6 @@ def tiny_model(**options) -> FashionBertForPreTraining:
     return build_model(
         "fashionbert", None, vocab_size=200, visual_feature_size=D, patch_scheme="grid-4", **SIZES, **options
     )
-
-
-def raw_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(B, T, dtype=torch.long)
-    mask[:, 9:] = 0
-    word_ids = torch.arange(T).expand(B, T).clone() - 1
-    word_ids[:, 8:] = -1  # [CLS] ... [SEP] then padding
-    return {
-        "input_ids": torch.randint(5, 200, (B, T), generator=g),
-        "attention_mask": mask,
-        "word_ids": word_ids,
-        "patch_features": torch.rand(B, K, D, generator=g) * 3,
-        "patch_locations": torch.rand(B, K, 5, generator=g),
-        "itm_labels": torch.tensor([1, 1, 0, 1, 0, 1]),
-        "image_positions": torch.arange(B),
-        "text_positions": torch.arange(B),
-    }
 
 
 def test_registered_with_options() -> None:
@@ -101,14 +83,7 @@ def test_forward_shapes_and_losses() -> None:
 def test_every_loss_decreases_on_a_tiny_batch() -> None:
     model = tiny_model()
     batch = FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = {k: v.item() for k, v in model(**batch).losses.items()}
-    for _ in range(40):
-        out = model(**batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    first, last = train_on(model, batch)
     for name in first:
         assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
 

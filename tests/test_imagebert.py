@@ -8,15 +8,14 @@ from types import SimpleNamespace
 
 import torch
 from transformers import BertModel
+from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
 
 from baselines.imagebert import ImageBertCollator, ImageBertConfig, ImageBertForPreTraining
 from kbench.codebook import Codebook, fit_codebook
 from kbench.text import bundled_checkpoint
 from kbench.zoo import ARCHITECTURE_KEYS, option_names
 
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 B, T, K, D, WORDS = 6, 12, 16, 24, 8
-INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
 
 
 def tiny_model(**options) -> ImageBertForPreTraining:
@@ -25,24 +24,6 @@ def tiny_model(**options) -> ImageBertForPreTraining:
         vocab_size=200, visual_feature_size=D, patch_scheme="grid-4", visual_words=WORDS, **SIZES, **options
     )
     return ImageBertForPreTraining(config)
-
-
-def raw_batch(seed: int = 0, batch_size: int = B) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(batch_size, T, dtype=torch.long)
-    mask[:, 9:] = 0
-    word_ids = torch.arange(T).expand(batch_size, T).clone() - 1
-    word_ids[:, 8:] = -1  # [CLS] ... [SEP] then padding
-    return {
-        "input_ids": torch.randint(5, 200, (batch_size, T), generator=g),
-        "attention_mask": mask,
-        "word_ids": word_ids,
-        "patch_features": torch.rand(batch_size, K, D, generator=g) * 3,
-        "patch_locations": torch.rand(batch_size, K, 5, generator=g),
-        "itm_labels": torch.tensor([1, 1, 0, 1, 0, 1]).repeat(batch_size // B),
-        "image_positions": torch.arange(batch_size),
-        "text_positions": torch.arange(batch_size),
-    }
 
 
 @cache
@@ -100,7 +81,7 @@ def test_collator_corrupts_every_pair_and_scores_matched_ones() -> None:
 
 def test_masked_shares_follow_the_config() -> None:
     model = tiny_model(mlm_probability=0.2, patch_mask_probability=0.3)
-    raw = raw_batch(batch_size=3000)
+    raw = raw_batch(rows=3000)
     batch = collate(model, raw)
     words = raw["word_ids"] >= 0
     masked = batch["input_ids"] != raw["input_ids"]  # 90 % of the chosen words change (80 % [MASK], 10 % random)
@@ -144,14 +125,7 @@ def test_region_losses_are_taken_at_the_scored_patches() -> None:
 def test_every_loss_decreases_on_a_tiny_batch() -> None:
     model = tiny_model()
     batch = collate(model, raw_batch())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = {k: v.item() for k, v in model(**batch).losses.items()}
-    for _ in range(40):
-        out = model(**batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    first, last = train_on(model, batch)
     for name in first:
         assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import BertModel
+from zoo_inputs import INPUTS, SIZES, train_on
 
 from baselines.oscar import (
     OscarCollator,
@@ -21,10 +22,8 @@ from baselines.oscar import (
 from kbench.text import bundled_checkpoint, load_tokenizer
 from kbench.zoo import ARCHITECTURE_KEYS
 
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 B, T, K, D, V = 6, 12, 16, 24, 200
 MASK_ID = 3
-INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
 
 
 def tiny_model(**options) -> OscarForPreTraining:
@@ -244,14 +243,7 @@ def test_text_and_tags_must_fit_the_position_embeddings() -> None:
 def test_every_loss_decreases_on_a_tiny_batch() -> None:
     model = tiny_model()
     batch = collate(model, raw_batch())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = {k: v.item() for k, v in model(**batch).losses.items()}
-    for _ in range(40):
-        out = model(**batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    first, last = train_on(model, batch)
     for name in first:
         assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
 

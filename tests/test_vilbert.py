@@ -8,15 +8,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from transformers import BertConfig, BertModel
+from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
 
 from baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining
 from kbench.codebook import fit_codebook
 from kbench.errors import KbenchError
 from kbench.text import bundled_checkpoint
 
-SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 B, T, K, D, WORDS = 6, 12, 16, 24, 8
-INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
 BOOK = fit_codebook((torch.rand(400, D, generator=torch.Generator().manual_seed(5)) * 3).numpy(), WORDS)
 
 
@@ -26,24 +25,6 @@ def tiny_model(**options) -> ViLBertForPreTraining:
         vocab_size=200, visual_feature_size=D, patch_scheme="grid-4", visual_words=WORDS, **SIZES, **options
     )
     return ViLBertForPreTraining(config)
-
-
-def raw_batch(seed: int = 0, batch: int = B, text: int = T, patches: int = K) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(batch, text, dtype=torch.long)
-    mask[:, text - 3 :] = 0
-    word_ids = torch.arange(text).expand(batch, text).clone() - 1
-    word_ids[:, text - 4 :] = -1  # [CLS] ... [SEP] then padding
-    return {
-        "input_ids": torch.randint(5, 200, (batch, text), generator=g),
-        "attention_mask": mask,
-        "word_ids": word_ids,
-        "patch_features": torch.rand(batch, patches, D, generator=g) * 3,
-        "patch_locations": torch.rand(batch, patches, 5, generator=g),
-        "itm_labels": torch.tensor([1, 1, 0, 1, 0, 1]).repeat(batch // 6 + 1)[:batch],
-        "image_positions": torch.arange(batch),
-        "text_positions": torch.arange(batch),
-    }
 
 
 def collated(model: ViLBertForPreTraining, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -87,7 +68,7 @@ def test_collator_corrupts_every_pair_and_scores_matched_ones() -> None:
 
 def test_masked_shares_match_the_configuration() -> None:
     config = ViLBertConfig(vocab_size=200, visual_feature_size=D, visual_words=WORDS, **SIZES)
-    raw = raw_batch(seed=2, batch=300, text=40, patches=64)
+    raw = raw_batch(seed=2, rows=300, text_len=40, patches=64)
     raw["itm_labels"] = torch.ones(300, dtype=torch.long)
     candidates = raw["word_ids"] >= 0
     batch = ViLBertCollator(config, 3, BOOK)(dict(raw), torch.Generator().manual_seed(3))
@@ -163,14 +144,7 @@ def test_masked_region_loss_is_the_kl_to_the_visual_word_distribution() -> None:
 def test_every_loss_decreases_on_a_tiny_batch() -> None:
     model = tiny_model()
     batch = collated(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = {k: v.item() for k, v in model(**batch).losses.items()}
-    for _ in range(40):
-        out = model(**batch)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    last = {k: v.item() for k, v in model(**batch).losses.items()}
+    first, last = train_on(model, batch)
     for name in first:
         assert last[name] < 0.7 * first[name], f"{name}: {first[name]:.4f} -> {last[name]:.4f}"
 
