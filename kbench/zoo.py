@@ -58,7 +58,9 @@ class VLPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     collator: ClassVar[type]  # builds pre-training batches for this entry
     generates_text: ClassVar[bool] = True  # has mlm_logits, so it can caption; a dual encoder cannot
-    dual_encoder: ClassVar[bool] = False  # scores pairs by embedding similarity (embed_images, embed_texts)
+    # Scores pairs by embedding similarity (embed_images, embed_texts); its forward on matched pairs (itm_labels all 1)
+    # is its contrastive objective, which retrieval fine-tuning then uses instead of binary ITM.
+    dual_encoder: ClassVar[bool] = False
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation, including the buffers ``from_pretrained`` leaves to it."""

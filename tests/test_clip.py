@@ -140,3 +140,14 @@ def test_full_gallery_scores_equal_pairwise_itm_logits() -> None:
     pairwise = task.score(trial, model, test, full, "pairwise")
     np.testing.assert_allclose(scores, pairwise, rtol=1e-4, atol=1e-4)
     assert scores.shape == (5, len(test.split.product_groups())) and len(lists.candidate_rows[0]) <= 101
+
+
+def test_retrieval_fine_tuning_of_a_dual_encoder_is_contrastive() -> None:
+    """Binary ITM fine-tuning would train the match bias; the contrastive objective leaves it untouched."""
+    cfg = load_config("smoke", ["tasks.itr.finetune.epochs=3", "tasks.itr.finetune.lr=1e-3"])
+    trial = Trial(TrialSpec("clip", 0), cfg)
+    model = build_model("clip", None, **trial.model_kwargs())
+    tuned, curves = build_task("itr", cfg.tasks["itr"]).finetune(trial, model)
+    assert len(curves) == 3 and curves[-1]["loss"] < curves[0]["loss"]
+    assert all(0 <= epoch["acc"] <= 1 for epoch in curves)
+    assert tuned.match_bias.item() == 0.0 and tuned is not model

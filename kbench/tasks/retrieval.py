@@ -85,8 +85,9 @@ class RetrievalTask(Task):
         data: ModelData | None = None,
         lists: CandidateLists | None = None,
     ) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
-        """ITM fine-tuning on matched pairs and mismatches (hard ones: same sub-category) of the train split;
-        with ``on_epoch``, ranking ``lists`` of ``data`` after every epoch."""
+        """ITM fine-tuning on matched pairs and mismatches (hard ones: same sub-category) of the train split, or, for a
+        dual encoder, its contrastive pre-training objective on matched pairs; with ``on_epoch``, ranking ``lists`` of
+        ``data`` after every epoch."""
         model = copy.deepcopy(pretrained)
         train = trial.data("train")
         meta = train.split.meta
@@ -107,9 +108,23 @@ class RetrievalTask(Task):
             loss = torch.nn.functional.cross_entropy(logits, labels)
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
 
+        def matched_batch(images: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+            batch = model_inputs(train.inputs(images, images), trial.device)
+            batch["itm_labels"] = torch.ones(len(images), dtype=torch.long, device=trial.device)
+            return batch
+
+        def contrastive_step(batch: dict[str, torch.Tensor]):
+            out = model(**batch)
+            return out.loss, {"loss": out.loss, "acc": next(iter(out.accuracies.values()))}
+
         def evaluate() -> dict[str, float]:
             return self.rank(self.score(trial, model, data, lists, f"{self.name} score"), lists)
 
+        if model.dual_encoder:  # its own contrastive objective over in-batch pairs: binary ITM distorts the embeddings
+            description = "fine-tune contrastive (ITR, TIR)"
+            return model, self.train(
+                trial, model, matched_batch, contrastive_step, None, description, on_epoch, evaluate
+            )
         description = "fine-tune ITM (ITR, TIR)"
         return model, self.train(trial, model, make_batch, step, None, description, on_epoch, evaluate)
 
