@@ -121,7 +121,7 @@ def tune_recipe(opts: argparse.Namespace) -> str:
     params = {"samples": opts.samples, "metric": f"dev/{metric}", "scheduler": "ASHA", "space": _space_text(space)}
     with parent_run(tracking, name, tags, params) as parent_id:
         child = dataclasses.replace(tracking, parent_run_id=parent_id)
-        results = search(cfg, spec, opts.task, space, opts.samples, child, name, opts.ray_address)
+        results = search(cfg, spec, opts.task, metric, space, opts.samples, child, name, opts.ray_address)
         rows = settle_samples(tracking, results, metric)
         finished = [r for r in rows if r["status"] != "FAILED"]
         if not finished:
@@ -150,14 +150,14 @@ def search(
     cfg: Config,
     spec: TrialSpec,
     task: str,
+    metric: str,
     space: dict[str, Any],
     samples: int,
     tracking: Tracking,
     name: str,
     ray_address: str | None,
 ) -> tune.ResultGrid:
-    """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the task's primary dev metric."""
-    metric = build_task(task, cfg.tasks.get(task, {})).card.primary_metric
+    """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the dev ``metric``."""
     with ray_session(cfg, ray_address):
         resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
         trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)

@@ -133,9 +133,7 @@ class RetrievalTask(Task):
         self, trial: Trial, model: VLPreTrainedModel, test: ModelData, lists: CandidateLists, description: str
     ) -> np.ndarray:
         """(queries, candidates) raw class-1 ITM logits, the score the released evaluation ranked by."""
-        position = {int(r): i for i, r in enumerate(test.split.meta["row"].to_numpy())}
-        query = np.asarray([position[r] for r in lists.query_rows])
-        candidates = np.asarray([[position[r] for r in row] for row in lists.candidate_rows])
+        query, candidates = list_positions(test, lists)
         n_queries, n_candidates = candidates.shape
         queries_flat = np.repeat(query, n_candidates)
         candidates_flat = candidates.reshape(-1)
@@ -169,9 +167,7 @@ class RetrievalTask(Task):
                 images.append(model.embed_images(batch["patch_features"], batch["patch_locations"]).float())
                 texts.append(model.embed_texts(batch["input_ids"], batch["attention_mask"]).float())
                 advance(len(positions))
-        position = {int(r): i for i, r in enumerate(test.split.meta["row"].to_numpy())}
-        query = torch.as_tensor([position[r] for r in lists.query_rows])
-        candidates = torch.as_tensor([[position[r] for r in row] for row in lists.candidate_rows])
+        query, candidates = map(torch.from_numpy, list_positions(test, lists))
         image, text = torch.cat(images), torch.cat(texts)
         if self.options.query == IMAGE_QUERY:
             scores = model.embedding_scores(image[query][:, None, :], text[candidates])
@@ -183,3 +179,10 @@ class RetrievalTask(Task):
         positive = np.full(len(scores), lists.positive)
         ranks = rank_at_k(scores, positive, ks=KS, ties=self.options.ties)
         return {f"R{k}": ranks[f"R@{k}"] for k in KS}
+
+
+def list_positions(data: ModelData, lists: CandidateLists) -> tuple[np.ndarray, np.ndarray]:
+    """The example positions in ``data`` of the lists' query rows (Q,) and candidate rows (Q, C)."""
+    position = {int(r): i for i, r in enumerate(data.split.meta["row"].to_numpy())}
+    query = np.asarray([position[r] for r in lists.query_rows])
+    return query, np.asarray([[position[r] for r in row] for row in lists.candidate_rows])
