@@ -53,6 +53,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
             run.set_tags({"skipped_tasks": ",".join(skipped)})
         for name in (t for t in tasks if t not in skipped):
             task = build_task(name, cfg.tasks.get(name, {}))
+            seed_everything(spec.seed)  # a task's result must not depend on what ran before it (a cached checkpoint)
             with timed(timings, name):
                 result = task.run(trial, model)
             metrics |= {f"{name}/{k}": v for k, v in result.metrics.items()}

@@ -20,7 +20,7 @@ from kbench.data import DatasetSplits, load_dataset
 from kbench.features import Patching, load_features
 from kbench.text import load_tokenizer, tokenize
 from kbench.training import resolve_device
-from kbench.zoo import MODELS
+from kbench.zoo import MODELS, option_defaults
 
 T = TypeVar("T")
 
@@ -49,8 +49,12 @@ def trial_config(base: Config, spec: TrialSpec) -> Config:
 
 
 def config_hash(base: Config, spec: TrialSpec) -> str:
-    """Hash of everything a trial's results depend on: its resolved config (less scheduling), model and seed."""
-    return digest(trial_config(base, spec).results_dict(), spec.model, spec.seed)
+    """Hash of everything a trial's results depend on: its resolved config (less scheduling, and with its own
+    entry's options in full rather than other entries'), model and seed."""
+    cfg = trial_config(base, spec)
+    data = cfg.results_dict()
+    data["models"] = resolved_options(cfg, spec.model)
+    return digest(data, spec.model, spec.seed)
 
 
 def model_options(cfg: Config, model: str) -> dict[str, Any]:
@@ -60,7 +64,14 @@ def model_options(cfg: Config, model: str) -> dict[str, Any]:
     return {**sizes, **cfg.models.get(model, {})}
 
 
+def resolved_options(cfg: Config, model: str) -> dict[str, Any]:
+    """``model_options`` with the config class's defaults filled in, so that naming an option's default value
+    (as an ablation's reference column does) changes no hash and shares the checkpoint."""
+    return {**option_defaults(MODELS.get(model)), **model_options(cfg, model)}
+
+
 def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (new heads' initialisation and dropout draw from them)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -119,7 +130,7 @@ class Trial:
             self.dataset.fingerprint,
             text,
             self.data("train").features.store,
-            model_options(c, self.spec.model),
+            resolved_options(c, self.spec.model),
             c.model.init_from,
             dataclasses.asdict(c.pretrain),
             dataclasses.asdict(c.aag),

@@ -201,15 +201,21 @@ def load_bert(name_or_path: str) -> BertModel:
         ) from None
 
 
-def option_names(model_cls: type[VLPreTrainedModel]) -> list[str]:
-    """The arguments a zoo entry's config class takes (its own and BERT's)."""
-    names: set[str] = set()
-    for klass in model_cls.config_class.__mro__:
+def option_defaults(model_cls: type[VLPreTrainedModel]) -> dict[str, Any]:
+    """The arguments a zoo entry's config class takes (its own and BERT's), with their defaults."""
+    defaults: dict[str, Any] = {}
+    for klass in reversed(model_cls.config_class.__mro__):
         if klass.__name__ == "PreTrainedConfig" or "__init__" not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
-    return sorted(names)
+        defaults |= {p.name: p.default for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    defaults.pop("self", None)
+    return defaults
+
+
+def option_names(model_cls: type[VLPreTrainedModel]) -> list[str]:
+    """The names of the arguments a zoo entry's config class takes."""
+    return sorted(option_defaults(model_cls))
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import pytest
 from kbench.config import PROFILES, apply_override, digest, load_config
 from kbench.errors import KbenchError
 from kbench.registry import Registry
+from kbench.trial import TrialSpec, config_hash, resolved_options, trial_config
 
 
 def test_profiles_load_and_differ() -> None:
@@ -75,6 +76,26 @@ def test_override_changes_hash() -> None:
     apply_override(cfg, "pretrain.lr=3e-4")
     assert digest(cfg.to_dict()) != before
     assert digest(load_config("default").to_dict()) == before
+
+
+def test_trial_hash_sees_resolved_options_of_its_own_entry_only() -> None:
+    cfg = load_config("default")
+    plain = config_hash(cfg, TrialSpec("kaleido", 0))
+    defaults_named = [
+        TrialSpec("kaleido", 0, "kpg:kaleido+sod", ("models.kaleido.kpg=kaleido+sod",)),
+        TrialSpec("kaleido", 0, "agm:agm", ("models.kaleido.agm=agm",)),
+        TrialSpec("kaleido", 0, "other", ("models.fashionbert.adaptive_loss=true",)),
+    ]
+    assert [config_hash(cfg, spec) for spec in defaults_named] == [plain] * 3
+    assert config_hash(cfg, TrialSpec("kaleido", 0, "kpg:kaleido", ("models.kaleido.kpg=kaleido",))) != plain
+    assert config_hash(cfg, TrialSpec("kaleido", 1)) != plain
+    options = resolved_options(trial_config(cfg, defaults_named[0]), "kaleido")
+    assert (options["kpg"], options["agm"], options["akpm"], options["hidden_size"]) == (
+        "kaleido+sod",
+        "agm",
+        "B+I~V",
+        128,
+    )
 
 
 def test_registry() -> None:
