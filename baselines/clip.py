@@ -9,8 +9,8 @@ pairs of a batch, with a learned temperature. kbench's image side is a transform
 
 Downstream: retrieval ranks by similarity (``itm_logits`` puts the scaled cosine less a learned bias in class 1: ITM
 fine-tuning places the match threshold through the bias, which never changes a ranking); the retrieval task also
-scores the ``full`` gallery from the embeddings. CR and SUB train linear heads on the two embeddings side by side. A
-dual encoder cannot generate text, so it takes no captioning task.
+scores the ``full`` gallery from the embeddings. CR and SUB train linear heads on the two projections side by
+side, before normalisation. A dual encoder cannot generate text, so it takes no captioning task.
 """
 
 from __future__ import annotations
@@ -143,8 +143,10 @@ class ClipForPreTraining(VLPreTrainedModel):
         return self.scale() * (image * text).sum(-1) - self.match_bias
 
     def pooled_output(self, **inputs: torch.Tensor) -> torch.Tensor:
-        image = self.embed_images(inputs["patch_features"], inputs["patch_locations"])
-        text = self.embed_texts(inputs["input_ids"], inputs["attention_mask"])
+        """The classification heads' features: both projections side by side, before normalisation (unit-norm
+        halves give a freshly initialised linear head logits too small to train in a few epochs)."""
+        image = self.visual_projection(self.vision_model(inputs["patch_features"], inputs["patch_locations"]))
+        text = self.text_projection(self.text_model(inputs["input_ids"], inputs["attention_mask"]))
         return torch.cat([image, text], dim=-1)
 
     def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:

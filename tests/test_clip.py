@@ -83,7 +83,11 @@ def test_scores_shapes_and_embedding_scores_are_the_itm_logits() -> None:
     assert image.shape == text.shape == (B, 16)
     torch.testing.assert_close(image.norm(dim=-1), torch.ones(B))
     torch.testing.assert_close(model.embedding_scores(image, text), logits[:, 1])
-    assert model.pooled_output(**inputs).shape == (B, 32)  # the classification heads' hidden_size
+    pooled = model.pooled_output(**inputs)
+    assert pooled.shape == (B, 32)  # the classification heads' hidden_size
+    torch.testing.assert_close(F.normalize(pooled[:, :16], dim=-1), image)  # the embeddings before normalisation
+    torch.testing.assert_close(F.normalize(pooled[:, 16:], dim=-1), text)
+    assert not torch.allclose(pooled[:, :16].norm(dim=-1), torch.ones(B))
     with torch.no_grad():
         model.match_bias.fill_(2.0)
     torch.testing.assert_close(model.itm_logits(**inputs)[:, 1], logits[:, 1] - 2.0)
