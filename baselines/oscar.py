@@ -10,12 +10,9 @@ kbench's adaptation, with no object detector offline: grid patches stand in for 
 detector object tags become the top ``num_tags`` word pieces of an image tagger inside the model. The tagger
 predicts, from the mean of the raw patch features, which word pieces occur in the product's description
 (multi-label binary cross-entropy, trained jointly during pre-training as ``tag_loss``; targets are the
-description's content word pieces, see ``tag_vocabulary``). The tags are the word pieces whose logit the image
-raises most above the tagger's bias, which holds each word's prior: ranked by the raw logit, every image got the
-words every description uses, pollution went undetectable and retrieval fine-tuning stayed at chance. Tags must
-be words, since they share BERT's word embeddings, so the k-means codebook (visual words) is not used. Tags are
-recomputed at every forward, so they are a function of the image alone in pre-training, fine-tuning and
-evaluation.
+description's content word pieces, see ``tag_vocabulary``). Tags must be words, since they share BERT's word
+embeddings, so the k-means codebook (visual words) is not used. Tags are recomputed at every forward, so they
+are a function of the image alone in pre-training, fine-tuning and evaluation.
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ class OscarConfig(BertConfig):
     Args:
         visual_feature_size: dimension of one patch feature (2048 for ResNet-50).
         patch_scheme: how images are cut into patches; kbench uses an 8x8 grid (``grid-8``) for OSCAR's regions.
-        num_tags: length of the tag segment, the word pieces the image raises most above their prior.
+        num_tags: length of the tag segment, the image's top predicted word pieces.
         mlm_probability: share of text word pieces masked for the masked token loss (BERT: 15 %).
         tag_mask_probability: share of tag tokens masked for the masked token loss (OSCAR: 15 %).
         pollution_probability: share of tag sequences replaced by another image's tags (OSCAR: 50 %).
@@ -127,11 +124,9 @@ class OscarModel(SingleStreamModel):
         self.post_init()
 
     def predict_tags(self, patch_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tagger logits (B, V), tags (B, num_tags))``: the tags are the word pieces whose logit this image
-        raises most above the decoder's bias (each word's prior), without gradient."""
+        """``(tagger logits (B, V), tags (B, num_tags))``: the tags are the top word pieces, without gradient."""
         logits = self.tagger(patch_features)
-        lift = logits.detach() - self.tagger.decoder.bias.detach()
-        return logits, lift.topk(self.config.num_tags, dim=-1).indices
+        return logits, logits.detach().topk(self.config.num_tags, dim=-1).indices
 
     def forward(
         self,
