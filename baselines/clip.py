@@ -126,13 +126,21 @@ class ClipForPreTraining(VLPreTrainedModel):
         self.match_bias = nn.Parameter(torch.zeros(()))
         self.post_init()
 
+    def project_images(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
+        """(B, hidden_size // 2) image projections, before normalisation."""
+        return self.visual_projection(self.vision_model(patch_features, patch_locations))
+
+    def project_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, hidden_size // 2) text projections, before normalisation."""
+        return self.text_projection(self.text_model(input_ids, attention_mask))
+
     def embed_images(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
         """(B, hidden_size // 2) unit-norm image embeddings."""
-        return F.normalize(self.visual_projection(self.vision_model(patch_features, patch_locations)), dim=-1)
+        return F.normalize(self.project_images(patch_features, patch_locations), dim=-1)
 
     def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, hidden_size // 2) unit-norm text embeddings."""
-        return F.normalize(self.text_projection(self.text_model(input_ids, attention_mask)), dim=-1)
+        return F.normalize(self.project_texts(input_ids, attention_mask), dim=-1)
 
     def scale(self) -> torch.Tensor:
         """The inverse temperature, capped at 100 as in CLIP."""
@@ -145,8 +153,8 @@ class ClipForPreTraining(VLPreTrainedModel):
     def pooled_output(self, **inputs: torch.Tensor) -> torch.Tensor:
         """The classification heads' features: both projections side by side, before normalisation (unit-norm
         halves give a freshly initialised linear head logits too small to train in a few epochs)."""
-        image = self.visual_projection(self.vision_model(inputs["patch_features"], inputs["patch_locations"]))
-        text = self.text_projection(self.text_model(inputs["input_ids"], inputs["attention_mask"]))
+        image = self.project_images(inputs["patch_features"], inputs["patch_locations"])
+        text = self.project_texts(inputs["input_ids"], inputs["attention_mask"])
         return torch.cat([image, text], dim=-1)
 
     def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
