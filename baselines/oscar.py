@@ -10,9 +10,13 @@ kbench's adaptation, with no object detector offline: grid patches stand in for 
 detector object tags become the top ``num_tags`` word pieces of an image tagger inside the model. The tagger
 predicts, from the mean of the raw patch features, which word pieces occur in the product's description
 (multi-label binary cross-entropy, trained jointly during pre-training as ``tag_loss``; targets are the
-description's content word pieces, see ``tag_vocabulary``). Tags must be words, since they share BERT's word
-embeddings, so the k-means codebook (visual words) is not used. Tags are recomputed at every forward, so they
-are a function of the image alone in pre-training, fine-tuning and evaluation.
+description's content word pieces, see ``tag_vocabulary``). An image's tags are the word pieces it raises most
+above the tagger's running mean logit (kept over pre-training batches, like BatchNorm's statistics): ranked by
+the raw logit, every image would get the words every description uses ("stitch", "fit", "collar"), polluted tag
+sequences would look like the real ones, and the contrastive loss would have nothing to learn from. Tags must
+be words, since they share BERT's word embeddings, so the k-means codebook (visual words) is not used. Tags are
+recomputed at every forward, so they are a function of the image alone in pre-training, fine-tuning and
+evaluation.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
     from kbench.trial import Trial
 
 MIN_TAG_LENGTH = 3
+# Weight of each pre-training batch in the tagger's running mean logit (it averages about the last 20 batches).
+MEAN_LOGIT_MOMENTUM = 0.05
 
 
 class OscarConfig(BertConfig):
@@ -45,7 +51,7 @@ class OscarConfig(BertConfig):
     Args:
         visual_feature_size: dimension of one patch feature (2048 for ResNet-50).
         patch_scheme: how images are cut into patches; kbench uses an 8x8 grid (``grid-8``) for OSCAR's regions.
-        num_tags: length of the tag segment, the image's top predicted word pieces.
+        num_tags: length of the tag segment, the word pieces the image raises most above the mean image.
         mlm_probability: share of text word pieces masked for the masked token loss (BERT: 15 %).
         tag_mask_probability: share of tag tokens masked for the masked token loss (OSCAR: 15 %).
         pollution_probability: share of tag sequences replaced by another image's tags (OSCAR: 50 %).
@@ -91,7 +97,8 @@ class OscarImageTagger(nn.Module):
     """Vocabulary logits (B, V) of the word pieces that describe an image, from the mean of its patch features.
 
     The detector-free stand-in for OSCAR's object tags. It reads the raw features, not the encoder's patch
-    embeddings, so ``tag_loss`` trains the tagger alone and never shapes the encoder's inputs.
+    embeddings, so ``tag_loss`` trains the tagger alone and never shapes the encoder's inputs. ``mean_logits``
+    (V,) is the running mean over pre-training images, the baseline that tags are ranked against.
     """
 
     def __init__(self, config: OscarConfig) -> None:
@@ -100,10 +107,24 @@ class OscarImageTagger(nn.Module):
         self.act = ACT2FN[config.hidden_act]
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.register_buffer("mean_logits", torch.zeros(config.vocab_size))
+        self.register_buffer("num_batches_tracked", torch.tensor(0))
 
     def forward(self, patch_features: torch.Tensor) -> torch.Tensor:
         pooled = patch_features.detach().mean(dim=1)
         return self.decoder(self.LayerNorm(self.act(self.projection(pooled))))
+
+    def top_tags(self, logits: torch.Tensor, num_tags: int) -> torch.Tensor:
+        """(B, num_tags) the word pieces each image raises most above the mean image, without gradient."""
+        return (logits.detach() - self.mean_logits).topk(num_tags, dim=-1).indices
+
+    @torch.no_grad()
+    def track(self, logits: torch.Tensor) -> None:
+        """Move ``mean_logits`` towards this batch's mean: the plain average of the batches so far, then an
+        exponential average with weight ``MEAN_LOGIT_MOMENTUM`` once that is the larger weight."""
+        self.num_batches_tracked += 1
+        weight = max(MEAN_LOGIT_MOMENTUM, 1.0 / self.num_batches_tracked.item())
+        self.mean_logits.lerp_(logits.float().mean(dim=0), weight)
 
 
 class OscarModel(SingleStreamModel):
@@ -124,9 +145,10 @@ class OscarModel(SingleStreamModel):
         self.post_init()
 
     def predict_tags(self, patch_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tagger logits (B, V), tags (B, num_tags))``: the tags are the top word pieces, without gradient."""
+        """``(tagger logits (B, V), tags (B, num_tags))``: the tags are the word pieces the image raises most above
+        the mean image, without gradient."""
         logits = self.tagger(patch_features)
-        return logits, logits.detach().topk(self.config.num_tags, dim=-1).indices
+        return logits, self.tagger.top_tags(logits, self.config.num_tags)
 
     def forward(
         self,
@@ -267,6 +289,8 @@ class OscarForPreTraining(SingleStreamForPreTraining):
         """One pass over ``[text | polluted, masked tags | patches]``: the masked token loss (text of matched pairs,
         tags of consistent triples), the contrastive loss (1 iff matched and not polluted) and the tag loss."""
         tag_logits, own_tags = self.vl.predict_tags(patch_features)
+        if self.training:
+            self.vl.tagger.track(tag_logits)
         tags = pollute(own_tags, polluted, pollute_from)
         consistent = itm_labels.bool() & ~polluted
         tag_labels = tags.masked_fill(~(tag_mask & consistent[:, None]), -100)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from kbench.batches import NegativeSampler
 from kbench.paths import atomic_dir, cache_dir
 from kbench.training import fit
-from kbench.trial import Trial
+from kbench.trial import Trial, seed_everything
 from kbench.zoo import VLPreTrainedModel, build_model
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,24 @@ RANK_SEED_STRIDE = 1_000_003
 
 def pretrained_model(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
     """The trial's pre-trained model and its per-epoch curves, trained now or loaded from the checkpoint
-    that any earlier trial with the same pre-training hash left in the cache."""
+    that any earlier trial with the same pre-training hash left in the cache.
+
+    A cached checkpoint whose weights no longer fit the entry's parameters (left by an older version of its
+    code) is a cache miss: it is removed and pre-trained again rather than loaded with parts left at random.
+    """
     path = cache_dir("checkpoints") / f"{trial.spec.model}-{trial.pretrain_key()}"
     with FileLock(str(path) + ".lock"):
-        if not (path / HISTORY_FILE).exists():
+        model = None
+        if (path / HISTORY_FILE).exists():
+            model, info = trial.model_cls.from_pretrained(path, output_loading_info=True)
+            misfit = {kind: sorted(keys) for kind, keys in info.items() if kind.endswith("_keys") and keys}
+            if misfit:
+                log.warning("cached checkpoint %s does not fit the model (%s); pre-training again", path, misfit)
+                shutil.rmtree(path)
+                model = None
+            else:
+                log.info("reusing pre-trained checkpoint %s", path)
+        if model is None:
             with atomic_dir(path) as tmp:
                 if trial.cfg.pretrain.workers > 1:
                     from kbench.distributed import pretrain_data_parallel
@@ -42,10 +57,8 @@ def pretrained_model(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, fl
                     pretrain_data_parallel(trial, tmp)
                 else:
                     save_checkpoint(*pretrain(trial), tmp)
-        else:
-            log.info("reusing pre-trained checkpoint %s", path)
-    model = trial.model_cls.from_pretrained(path).to(trial.device).eval()
-    return model, json.loads((path / HISTORY_FILE).read_text())
+            model = trial.model_cls.from_pretrained(path)
+    return model.to(trial.device).eval(), json.loads((path / HISTORY_FILE).read_text())
 
 
 def save_checkpoint(model: VLPreTrainedModel, history: list[dict[str, float]], directory: Path) -> None:
@@ -59,6 +72,7 @@ def pretrain(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
     cfg = trial.cfg.pretrain
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     data = trial.data("train")
+    seed_everything(trial.spec.seed)  # the checkpoint must depend on its key alone, not on what ran before it
     model = build_model(trial.spec.model, trial.cfg.model.init_from, **trial.model_kwargs()).to(trial.device)
     collate = trial.model_cls.pretraining_collator(model.config, trial)
     sampler = NegativeSampler(data.split.meta["product_id"].to_numpy())

@@ -189,6 +189,47 @@ def test_the_tagger_learns_which_word_pieces_an_image_shows() -> None:
     assert model(**batch).accuracies["tag_acc"] == 1.0
 
 
+def test_tags_are_what_sets_an_image_apart_not_what_every_description_says() -> None:
+    """Every description has the words 60 and 61; each image shows 2 of 8 rarer ones, each in at most 2 images.
+    Ranked by the raw logit, the common words would be every image's tags; against the mean logit, the rare are."""
+    model = tiny_model(num_tags=2)
+    g = torch.Generator().manual_seed(0)
+    rare = torch.arange(50, 58)
+    present = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7], [0, 2], [5, 7]])
+    features = torch.rand(B, K, D, generator=g) * 0.1
+    for i in range(B):
+        features[i, :, present[i]] += 1.0
+    ids = torch.zeros(B, T, dtype=torch.long)
+    ids[:, 0], ids[:, 1:3], ids[:, 3:5], ids[:, 5] = 1, torch.tensor([60, 61]), rare[present], 2
+    word_ids = torch.full((B, T), -1)
+    word_ids[:, 1:5] = torch.arange(4)
+    raw = {
+        "input_ids": ids,
+        "attention_mask": (torch.arange(T) < 6).long().expand(B, T),
+        "word_ids": word_ids,
+        "patch_features": features,
+        "patch_locations": torch.rand(B, K, 5, generator=g),
+        "itm_labels": torch.ones(B, dtype=torch.long),
+        "image_positions": torch.arange(B),
+        "text_positions": torch.arange(B),
+    }
+    batch = collate(model, raw)
+    optimizer = torch.optim.AdamW(model.vl.tagger.parameters(), lr=1e-2)
+    for _ in range(60):
+        model(**batch).losses["tag_loss"].backward()  # a pre-training step also tracks the mean logit
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    logits, tags = model.vl.predict_tags(features)
+    assert (logits.topk(2).indices.sort().values == torch.tensor([60, 61])).all()  # the raw ranking
+    for i in range(B):
+        assert set(tags[i].tolist()) == set(rare[present[i]].tolist()), i
+    mean = model.vl.tagger.mean_logits.clone()
+    model.vl.predict_tags(features)  # outside pre-training the mean stays put
+    model(**collate(model, raw))
+    assert torch.equal(model.vl.tagger.mean_logits, mean)
+
+
 def test_polluted_rows_get_the_other_rows_tags_and_label_0() -> None:
     model = tiny_model().eval()
     raw = raw_batch()
