@@ -151,21 +151,20 @@ def test_tags_are_a_function_of_the_image_alone() -> None:
     assert not torch.allclose(model.vl(**other_text, tag_ids=(tags + 1) % V).pooler_output, explicit)
 
 
-def test_the_tagger_learns_which_word_pieces_an_image_shows() -> None:
-    model = tiny_model(num_tags=3)
-    g = torch.Generator().manual_seed(0)
-    candidates = torch.arange(50, 58)  # 8 word pieces; every image shows 3 of them
-    present = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(B)])
+def shown_words_batch(present: torch.Tensor, words: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+    """Matched pairs whose image features light up the dimensions ``present`` (B, n) and whose texts are
+    ``[CLS] words [SEP]`` (``words`` (B, m)), the rest padding."""
     features = torch.rand(B, K, D, generator=g) * 0.1
     for i in range(B):
         features[i, :, present[i]] += 1.0  # the image's features encode which word pieces occur
+    m = words.shape[1]
     ids = torch.zeros(B, T, dtype=torch.long)
-    ids[:, 0], ids[:, 1:4], ids[:, 4] = 1, candidates[present], 2  # [CLS] w w w [SEP] [PAD]...
+    ids[:, 0], ids[:, 1 : m + 1], ids[:, m + 1] = 1, words, 2  # [CLS] w ... w [SEP] [PAD]...
     word_ids = torch.full((B, T), -1)
-    word_ids[:, 1:4] = torch.arange(3)
-    raw = {
+    word_ids[:, 1 : m + 1] = torch.arange(m)
+    return {
         "input_ids": ids,
-        "attention_mask": (torch.arange(T) < 5).long().expand(B, T),
+        "attention_mask": (torch.arange(T) < m + 2).long().expand(B, T),
         "word_ids": word_ids,
         "patch_features": features,
         "patch_locations": torch.rand(B, K, 5, generator=g),
@@ -173,7 +172,15 @@ def test_the_tagger_learns_which_word_pieces_an_image_shows() -> None:
         "image_positions": torch.arange(B),
         "text_positions": torch.arange(B),
     }
-    batch = collate(model, raw)
+
+
+def test_the_tagger_learns_which_word_pieces_an_image_shows() -> None:
+    model = tiny_model(num_tags=3)
+    g = torch.Generator().manual_seed(0)
+    candidates = torch.arange(50, 58)  # 8 word pieces; every image shows 3 of them
+    present = torch.stack([torch.randperm(8, generator=g)[:3] for _ in range(B)])
+    batch = collate(model, shown_words_batch(present, candidates[present], g))
+    features = batch["patch_features"]
     assert torch.equal(batch["tag_targets"].nonzero()[:, 1].view(B, 3), candidates[present].sort().values)
     matched = batch["itm_labels"].bool()
     optimizer = torch.optim.AdamW(model.vl.tagger.parameters(), lr=1e-2)
@@ -196,24 +203,9 @@ def test_tags_are_what_sets_an_image_apart_not_what_every_description_says() -> 
     g = torch.Generator().manual_seed(0)
     rare = torch.arange(50, 58)
     present = torch.tensor([[0, 1], [2, 3], [4, 5], [6, 7], [0, 2], [5, 7]])
-    features = torch.rand(B, K, D, generator=g) * 0.1
-    for i in range(B):
-        features[i, :, present[i]] += 1.0
-    ids = torch.zeros(B, T, dtype=torch.long)
-    ids[:, 0], ids[:, 1:3], ids[:, 3:5], ids[:, 5] = 1, torch.tensor([60, 61]), rare[present], 2
-    word_ids = torch.full((B, T), -1)
-    word_ids[:, 1:5] = torch.arange(4)
-    raw = {
-        "input_ids": ids,
-        "attention_mask": (torch.arange(T) < 6).long().expand(B, T),
-        "word_ids": word_ids,
-        "patch_features": features,
-        "patch_locations": torch.rand(B, K, 5, generator=g),
-        "itm_labels": torch.ones(B, dtype=torch.long),
-        "image_positions": torch.arange(B),
-        "text_positions": torch.arange(B),
-    }
+    raw = shown_words_batch(present, torch.cat([torch.tensor([60, 61]).expand(B, 2), rare[present]], dim=1), g)
     batch = collate(model, raw)
+    features = raw["patch_features"]
     optimizer = torch.optim.AdamW(model.vl.tagger.parameters(), lr=1e-2)
     for _ in range(60):
         model(**batch).losses["tag_loss"].backward()  # a pre-training step also tracks the mean logit
