@@ -23,9 +23,14 @@ class ModelData:
     def __len__(self) -> int:
         return len(self.split)
 
-    def inputs(self, image_pos: np.ndarray, text_pos: np.ndarray) -> dict[str, torch.Tensor]:
-        """Model inputs pairing the image of each ``image_pos`` example with the text of each ``text_pos`` one."""
-        feats, locs = self.features.batch(image_pos)
+    def inputs(self, image_pos: np.ndarray, text_pos: np.ndarray, views: bool = False) -> dict[str, torch.Tensor]:
+        """Model inputs pairing the image of each ``image_pos`` example with the text of each ``text_pos`` one; with
+        ``views``, also the AKPM views of the images (``view_rotated``, ``view_grey``), read with their features."""
+        extra: dict[str, torch.Tensor] = {}
+        if views:
+            feats, locs, extra = self.features.batch_with_views(image_pos)
+        else:
+            feats, locs = self.features.batch(image_pos)
         idx = torch.from_numpy(np.asarray(text_pos))
         return {
             "input_ids": self.text.input_ids[idx],
@@ -33,13 +38,20 @@ class ModelData:
             "word_ids": self.text.word_ids[idx],
             "patch_features": feats,
             "patch_locations": locs,
+            **{f"view_{name}": view for name, view in extra.items()},
         }
 
 
-def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    """The four inputs every zoo entry takes, on ``device``."""
-    keys = ("input_ids", "attention_mask", "patch_features", "patch_locations")
-    return {k: batch[k].to(device, non_blocking=True) for k in keys}
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The four inputs every zoo entry takes."""
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "patch_features", "patch_locations")}
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of ``batch`` on ``device`` (asynchronously from pinned memory); the float16 patch features (and
+    what collators cut from them) become float32 there."""
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in moved.items()}
 
 
 class NegativeSampler:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +20,11 @@ import torch
 from tabulate import tabulate
 from transformers import BertConfig, BertModel
 
-from kbench.batches import ModelData
+from kbench.batches import ModelData, to_device
 from kbench.config import Config
 from kbench.data.splits import Split
 from kbench.encoders import ENCODERS
-from kbench.features import PatchFeatures, encode_patches
+from kbench.features import encode_patches, features_from_arrays
 from kbench.kaleido.aag import Alignments
 from kbench.paths import atomic_path
 from kbench.text import TokenizedText, load_tokenizer
@@ -43,7 +44,9 @@ def run_bench(cfg: Config, model_name: str, out: Path) -> str:
     scheme = model_cls.patching(model.config).scheme
     rows = [extraction(cfg, scheme, encoder, device)]
     seq_len = cfg.data.max_text_len + scheme.num_patches
-    rows.append(pretraining(cfg, model, SyntheticTrial(cfg, scheme.num_patches, encoder.out_dim), device))
+    with tempfile.TemporaryDirectory(prefix="kbench-bench-") as tmp:
+        trial = SyntheticTrial(cfg, scheme.num_patches, encoder.out_dim, Path(tmp))
+        rows.append(pretraining(cfg, model, trial, device))
     rows.append(bare_bert(cfg, seq_len, device))
     rows.append(scoring(cfg, model, device, scheme.num_patches, encoder.out_dim))
     report = {
@@ -83,17 +86,22 @@ def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:
 
 
 class SyntheticTrial:
-    """Stands in for a trial when timing a pre-training step: random data of the profile's shapes, with the
-    AKPM views but no AAG alignments (AGM then masks at random, at the same budgets and the same cost)."""
+    """Stands in for a trial when timing a pre-training step: random data of the profile's shapes in a store under
+    ``directory``, with the AKPM views but no AAG alignments (AGM then masks at random, at the same budgets and the
+    same cost)."""
 
-    def __init__(self, cfg: Config, patches: int, dim: int) -> None:
+    def __init__(self, cfg: Config, patches: int, dim: int, directory: Path) -> None:
         n, text_len = cfg.pretrain.batch_size, cfg.data.max_text_len
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         batch = _random_batch(n, text_len, patches, dim, torch.device("cpu"))
         text = TokenizedText(batch["input_ids"], batch["attention_mask"], batch["word_ids"])
-        views = {"rotated": torch.rand(n, 3, dim), "grey": torch.rand(n, 16, dim)}
-        features = PatchFeatures(
-            batch["patch_features"], batch["patch_locations"], np.zeros((n, 4)), np.arange(n), "random", views
+        views = {"rotated": np.random.rand(n, 3, dim), "grey": np.random.rand(n, 16, dim)}
+        features = features_from_arrays(
+            directory / "store",
+            batch["patch_features"].numpy(),
+            batch["patch_locations"].numpy(),
+            np.zeros((n, 4), dtype=np.int32),
+            views,
         )
         meta = pd.DataFrame({"row": np.arange(n), "product_id": np.arange(n)})
         self.train = ModelData(Split("train", Path("random"), meta, "random"), text, features)
@@ -110,7 +118,7 @@ class SyntheticTrial:
         n = len(self.train)
         images, texts = np.arange(n), np.arange(n)
         texts[1::2] -= 1  # every second image is shown its neighbour's text
-        batch = self.train.inputs(images, texts)
+        batch = self.train.inputs(images, texts, views=True)
         batch["itm_labels"] = torch.from_numpy((images == texts).astype(np.int64))
         batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
         return batch
@@ -127,7 +135,7 @@ def pretraining(cfg: Config, model, trial: SyntheticTrial, device: torch.device)
     def step() -> None:
         b = collate({k: v.clone() for k, v in batch.items()}, generator)
         with autocast(device, cfg.runtime.precision):
-            loss = model(**{k: v.to(device) for k, v in b.items()}).loss
+            loss = model(**to_device(b, device)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     _add_tracking_args(run)
     _add_trial_args(run)
+    _add_limit_arg(run)
     run.add_argument("--resume", action="store_true", help="skip trials that already have a finished result")
     run.set_defaults(handler=cmd_run)
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ablate)
     _add_tracking_args(ablate)
     _add_trial_args(ablate)
+    _add_limit_arg(ablate)
     ablate.set_defaults(handler=cmd_ablate)
 
     tune = sub.add_parser("tune", help="search a task's fine-tuning recipe with ASHA on the dev split")
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(tune)
     tune.add_argument("--seed", type=int, default=0, help="seed of the pre-training, the fine-tuning and the search")
     _add_resource_args(tune)
+    _add_limit_arg(tune)
     tune.set_defaults(handler=cmd_tune)
 
     table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", default="md", choices=("md", "latex", "csv", "html"))
     table.add_argument("--profile", help="only runs of this profile (default: that of the newest run)")
     table.add_argument("--dataset", help="only runs on this dataset (default: that of the newest run)")
+    table.add_argument("--limit", type=int, help="only runs limited to the first N products (default: full runs)")
     table.add_argument("--output", type=Path, help="also write the table to this file")
     _add_tracking_args(table)
     table.set_defaults(handler=cmd_table)
@@ -102,15 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(handler=cmd_data_synth)
 
     bench = sub.add_parser("bench", help="time feature extraction, pre-training steps and retrieval scoring")
-    _add_config_args(bench)
+    _add_config_args(bench, profile=None)
     bench.add_argument("--model", default="kaleido")
-    bench.add_argument("--out", type=Path, default=Path("results/bench.json"), help="JSON file to write")
+    bench.add_argument("--out", type=Path, help="JSON file to write (default results/bench.json, bench-scale.json)")
+    bench.add_argument(
+        "--scale",
+        type=int,
+        metavar="ROWS",
+        help="measure the data path instead, on a store of ROWS rows at the paper profile's shapes (no CNN)",
+    )
+    bench.add_argument("--dir", type=Path, help="where --scale writes its store (default: KBENCH_HOME/bench)")
+    bench.add_argument("--keep", action="store_true", help="keep the --scale store instead of removing it")
     bench.set_defaults(handler=cmd_bench)
     return parser
 
 
-def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
-    parser.add_argument("--profile", default="default", help=f"one of {', '.join(PROFILES)}")
+def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True, profile: str | None = "default") -> None:
+    parser.add_argument("--profile", default=profile, help=f"one of {', '.join(PROFILES)}")
     if dataset:
         parser.add_argument("--dataset", help="synth (default) or fashiongen")
         parser.add_argument("--data-dir", help="directory holding fashiongen_256_256_{train,validation}.h5")
@@ -140,6 +152,14 @@ def _add_trial_args(parser: argparse.ArgumentParser) -> None:
     _add_resource_args(parser)
 
 
+def _add_limit_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help="only the first N products of each split, to try a profile quickly (runs are tagged, tabulated apart)",
+    )
+
+
 def _add_resource_args(parser: argparse.ArgumentParser) -> None:
     """Where trials run and with what resources."""
     parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
@@ -162,6 +182,7 @@ FLAG_KEYS = {
     "gpus_per_trial": "runtime.gpus_per_trial",
     "retries": "runtime.retries",
     "pretrain_workers": "pretrain.workers",
+    "limit": "data.limit",
 }
 
 
@@ -205,9 +226,11 @@ def cmd_table(opts: argparse.Namespace) -> int:
 
     uri = tracking_uri(opts.tracking_uri)
     if opts.ablation:
-        text = build_ablation(uri, opts.experiment, opts.ablation, opts.format, opts.profile, opts.dataset)
+        text = build_ablation(
+            uri, opts.experiment, opts.ablation, opts.format, opts.profile, opts.dataset, limit=opts.limit
+        )
     else:
-        text = build_main(uri, opts.experiment, opts.format, opts.profile, opts.dataset)
+        text = build_main(uri, opts.experiment, opts.format, opts.profile, opts.dataset, opts.limit)
     if opts.output:
         from kbench.paths import atomic_path
 
@@ -295,9 +318,18 @@ def cmd_data_synth(opts: argparse.Namespace) -> int:
 
 
 def cmd_bench(opts: argparse.Namespace) -> int:
+    if opts.scale is not None:
+        from kbench.paths import cache_dir
+        from kbench.scale import run_scale_bench
+
+        opts.profile = opts.profile or "paper"
+        out = opts.out or Path("results/bench-scale.json")
+        print(run_scale_bench(resolve_config(opts), opts.scale, opts.dir or cache_dir("bench"), opts.keep, out))
+        return 0
     from kbench.bench import run_bench
 
-    print(run_bench(resolve_config(opts), opts.model, opts.out))
+    opts.profile = opts.profile or "default"
+    print(run_bench(resolve_config(opts), opts.model, opts.out or Path("results/bench.json")))
     return 0
 
 

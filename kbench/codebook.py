@@ -64,13 +64,13 @@ def codebook(trial: Trial, size: int) -> Codebook:
 
 def _cached_codebook(trial: Trial, size: int) -> Codebook:
     train = trial.data("train").features
-    key = digest(CODEBOOK_VERSION, train.store, train.rows.tolist(), size, trial.spec.seed)
+    key = digest(CODEBOOK_VERSION, train.name, size, trial.spec.seed)  # the store's name hashes its rows
     path = cache_dir("codebooks") / f"{key}.npz"
     if path.exists():
         with np.load(path) as stored:
             return Codebook(torch.from_numpy(stored["centroids"]), float(stored["spread"]))
     rng = np.random.default_rng(trial.spec.seed)
-    take = min(len(train), max(1, MAX_FIT_PATCHES // train.features.shape[1]))
+    take = min(len(train), max(1, MAX_FIT_PATCHES // train.num_patches))
     positions = np.sort(rng.choice(len(train), size=take, replace=False))
     sample = train.batch(positions)[0].numpy()
     book = fit_codebook(sample.reshape(-1, sample.shape[-1]), size, trial.spec.seed)

@@ -44,6 +44,7 @@ class DataConfig:
     max_text_len: int = 40
     dev_fraction: float = 0.05
     dev_seed: int = 0
+    limit: int | None = None  # only the first N products of each split (--limit), to try a profile quickly
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -52,9 +53,11 @@ class FeatureConfig:
     """The frozen patch encoder and how crops are fed to it."""
 
     encoder: str = "small-cnn"
-    weights: str | None = None  # a torchvision-layout state dict for resnet50
+    weights: str | None = None  # a torchvision-layout state dict for resnet50; "random" to try the code path
     crop_size: int = 32
     batch_size: int = 64  # images per extraction batch
+    shard_rows: int = 1024  # images per store shard, the unit of atomic commit, resumption and parallel extraction
+    workers: int = 1  # extraction tasks run at once (Ray; trial-sized: its CPUs and, where trials have them, a GPU)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class PretrainConfig(OptimConfig):
     warmup: float = 0.05
     itm_negative_rate: float = 0.5
     workers: int = 1  # data-parallel workers (Ray Train, DDP); each takes an equal slice of every batch
+    save_every: int = 500  # steps between the training states a killed pre-training resumes from (0: never)
 
 
 @dataclass
@@ -126,9 +130,19 @@ class RuntimeConfig:
     cpus_per_worker: int = 1  # of each data-parallel pre-training worker; each also takes a GPU when trials do
     retries: int = 1  # times Ray Tune restarts a failed trial
     eval_batch_size: int = 128
+    loader_workers: int = 1  # processes building batches ahead of the step (0: in the training loop's thread)
 
 
-SCHEDULING = ("cpus_per_trial", "gpus_per_trial", "cpus_per_worker", "retries")
+# Settings that change where and how fast work runs, never its results: left out of every hash.
+SCHEDULING = (
+    "runtime.cpus_per_trial",
+    "runtime.gpus_per_trial",
+    "runtime.cpus_per_worker",
+    "runtime.retries",
+    "runtime.loader_workers",
+    "features.workers",
+    "pretrain.save_every",
+)
 
 
 @dataclass
@@ -150,9 +164,18 @@ class Config:
 
     def results_dict(self) -> dict[str, Any]:
         """``to_dict`` without the scheduling fields: what results depend on."""
-        data = self.to_dict()
-        data["runtime"] = {k: v for k, v in data["runtime"].items() if k not in SCHEDULING}
-        return data
+        return without_scheduling(self.to_dict())
+
+
+def without_scheduling(data: dict[str, Any], section: str = "") -> dict[str, Any]:
+    """``data`` (a config dict, or its ``section``) without the ``SCHEDULING`` keys."""
+    prefix = f"{section}." if section else ""
+    out = {}
+    for key, value in data.items():
+        if f"{prefix}{key}" in SCHEDULING:
+            continue
+        out[key] = without_scheduling(value, f"{prefix}{key}") if isinstance(value, dict) else value
+    return out
 
 
 def digest(*parts: Any) -> str:

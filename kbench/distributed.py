@@ -1,8 +1,9 @@
 """Data-parallel pre-training: one trial's pre-training spread over Ray Train workers with DDP.
 
 Each worker rebuilds the trial from its spec and base config (features and alignments come from the
-cache), joins the process group Ray Train sets up, and runs ``pretrain`` on its slice of every batch;
-rank 0's model is reported as a Ray Train checkpoint and copied into the trial's checkpoint directory.
+cache), joins the process group Ray Train sets up, and runs ``pretrain`` on its slice of every batch, saving
+and resuming the training state together with the others; rank 0's model is reported as a Ray Train checkpoint
+and copied into the trial's checkpoint directory.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ray.train.torch
 from ray.train.torch import TorchTrainer
 
 from kbench.paths import cache_dir
-from kbench.pretraining import pretrain, save_checkpoint
+from kbench.pretraining import pretrain, save_checkpoint, training_state
 from kbench.trial import Trial
 
 
@@ -48,7 +49,7 @@ def _worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: its share of every pre-training step; rank 0 reports the checkpoint."""
     trial = Trial(config["spec"], config["base"])
     trial.device = ray.train.torch.get_device()
-    model, history = pretrain(trial)
+    model, history = pretrain(trial, training_state(trial))
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report({"epochs": len(history)})
         return

@@ -18,6 +18,7 @@ from kbench.errors import KbenchError
 from kbench.registry import Registry
 
 SMALL_CNN_WEIGHTS = "weights/small-cnn.safetensors"
+RANDOM_WEIGHTS = "random"  # features.weights=random: random weights, to try a profile's code path only
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -27,6 +28,11 @@ class PatchEncoder(nn.Module):
 
     out_dim: int
     requires_weights = False  # True: meaningless without a weights file (random weights serve timing only)
+
+    @classmethod
+    def untrained(cls) -> PatchEncoder:
+        """The encoder with random weights (``features.weights=random``)."""
+        return cls()
 
     def weights_id(self) -> str:
         """What identifies the weights in cache keys."""
@@ -59,6 +65,10 @@ class SmallCNN(PatchEncoder):
                 raise KbenchError(f"small-cnn weights file {path} does not exist")
             self.load_state_dict(load_file(str(path)))
             self.weights_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+    @classmethod
+    def untrained(cls) -> SmallCNN:
+        return cls(pretrained=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(torch.flatten(self.features(x), 1))
@@ -168,8 +178,14 @@ class ResNet50(PatchEncoder):
 def build_encoder(name: str, weights: str | None) -> PatchEncoder:
     """The frozen encoder ``name`` in eval mode, without gradients."""
     encoder_cls = ENCODERS.get(name)
-    if encoder_cls.requires_weights and not weights:
-        raise KbenchError(f"the {name} encoder needs features.weights: a torchvision {name} state dict file")
-    encoder = encoder_cls(weights=weights)
+    if weights == RANDOM_WEIGHTS:
+        encoder = encoder_cls.untrained()
+    elif encoder_cls.requires_weights and not weights:
+        raise KbenchError(
+            f"the {name} encoder needs features.weights: a torchvision {name} state dict file "
+            f"(features.weights={RANDOM_WEIGHTS} tries the code path with random weights)"
+        )
+    else:
+        encoder = encoder_cls(weights=weights)
     encoder.eval().requires_grad_(False)
     return encoder

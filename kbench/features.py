@@ -1,39 +1,34 @@
-"""The feature store: every image's patches encoded once by the frozen encoder, cached on disk.
+"""Patch features: every image's patches encoded once by the frozen encoder and kept in a sharded store.
 
-A store file covers all rows of one HDF5 data file for one (patching, encoder) and is keyed by the data
-file's fingerprint, so splits carved from the file (train and dev) index into the same store. Crops are
-resized and encoded in batches, never one forward pass per crop. A saliency-locked box is cut out and
-resized to the image size first, so that one set of integer cell boundaries serves every image.
+A store holds one split's examples (row ``i`` is the split's example ``i``) for one (patching, encoder), keyed
+by the data file's fingerprint and the split's rows, so that a limited run (``--limit``) and the dev split get
+stores of their own and nothing is extracted that no consumer reads. Each row holds the patch features, and in
+the training split of an entry that asks for them the AKPM views after them, so a training batch is one read per
+row. ``kbench.extraction`` writes stores; this module names them, cuts and encodes crops, and reads batches.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 
 from kbench.config import FeatureConfig, digest
-from kbench.data.layout import IMAGE_KEY
 from kbench.data.splits import Split
-from kbench.encoders import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, build_encoder
+from kbench.encoders import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder
 from kbench.errors import KbenchError
-from kbench.kaleido.saliency import build_detector
-from kbench.patches import PatchScheme, locations
-from kbench.paths import atomic_path, cache_dir
-from kbench.progress import stage
+from kbench.patches import PatchScheme
+from kbench.paths import cache_dir
+from kbench.store import ArraySpec, ShardedStore
 
-log = logging.getLogger(__name__)
-
-FEATURES_VERSION = 2
-# Stores up to this size are read into memory; larger ones are read batch by batch from disk.
-IN_MEMORY_BYTES = 8 << 30
+# 3: sharded stores, one per split (2: one HDF5 file per data file, no longer read).
+FEATURES_VERSION = 3
 VIEWS = ("rotated", "grey")
+PATCHES, LOCATIONS, BOXES = "patches", "locations", "boxes"
 
 
 @dataclass(frozen=True)
@@ -53,127 +48,9 @@ class Patching:
     def name(self) -> str:
         return self.scheme.name + ("-locked" if self.saliency else "")
 
-
-@dataclass
-class PatchFeatures:
-    """Patch features, 5-d locations, boxes and AKPM views of the examples of one split, by example position."""
-
-    features: torch.Tensor | h5py.Dataset  # (rows, K, D) float16, indexed by file row
-    locations: torch.Tensor  # (rows, K, 5) float32
-    boxes: np.ndarray  # (rows, 4) the box each image's patches were cut from, [x1, y1, x2, y2] in pixels
-    rows: np.ndarray  # file row of each example
-    store: str  # the store's file name: data file, patching, encoder and the hash of all three
-    views: dict[str, torch.Tensor | h5py.Dataset] = field(default_factory=dict)  # "rotated", "grey"
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def dim(self) -> int:
-        return int(self.features.shape[-1])
-
-    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(features (b, K, D) float32, locations (b, K, 5))`` of the examples at ``positions``."""
-        rows = self.rows[np.asarray(positions)]
-        return _take(self.features, rows).float(), self.locations[torch.from_numpy(rows)]
-
-    def view(self, name: str, positions: np.ndarray) -> torch.Tensor:
-        """The AKPM view ``name`` ((b, n, D) float32) of the examples at ``positions``."""
-        if name not in self.views:
-            raise KbenchError(f"the feature store {self.store} has no {name!r} view")
-        return _take(self.views[name], self.rows[np.asarray(positions)]).float()
-
-    def example_boxes(self, positions: np.ndarray | None = None) -> np.ndarray:
-        """The ``(b, 4)`` boxes of the examples at ``positions`` (all examples by default)."""
-        rows = self.rows if positions is None else self.rows[np.asarray(positions)]
-        return self.boxes[rows]
-
-
-def _take(data: torch.Tensor | h5py.Dataset, rows: np.ndarray) -> torch.Tensor:
-    if isinstance(data, torch.Tensor):
-        return data[torch.from_numpy(rows)]
-    unique, inverse = np.unique(rows, return_inverse=True)  # h5py wants increasing indices
-    return torch.from_numpy(data[unique][inverse])
-
-
-def store_path(split: Split, patching: Patching, cfg: FeatureConfig, encoder_id: str) -> Path:
-    """Where the store of ``split``'s data file lives in the cache."""
-    key = digest(
-        FEATURES_VERSION,
-        split.file_fingerprint,
-        patching.scheme.name,
-        patching.saliency,
-        patching.akpm_views,
-        cfg.encoder,
-        encoder_id,
-        cfg.crop_size,
-    )
-    return cache_dir("features") / f"{split.path.stem}-{patching.name}-{cfg.encoder}-{key}.h5"
-
-
-def load_features(split: Split, patching: Patching, cfg: FeatureConfig, device: torch.device) -> PatchFeatures:
-    """The features of ``split``, extracting and caching its whole data file on first use."""
-    encoder = build_encoder(cfg.encoder, cfg.weights)
-    path = store_path(split, patching, cfg, encoder.weights_id())
-    with FileLock(str(path) + ".lock"):
-        if not path.exists():
-            log.info("extracting %s patch features of %s into %s", patching.name, split.path.name, path)
-            with atomic_path(path) as tmp:
-                extract(split.path, tmp, patching, encoder.to(device), cfg, device)
-    handle = h5py.File(path, "r")
-    arrays = {k: handle[k] for k in ("features", *VIEWS) if k in handle}
-    locs, boxes = torch.from_numpy(handle["locations"][:]), handle["boxes"][:]
-    if sum(a.size * a.dtype.itemsize for a in arrays.values()) <= IN_MEMORY_BYTES:
-        arrays = {k: torch.from_numpy(a[:]) for k, a in arrays.items()}
-        handle.close()  # larger stores stay open and are read batch by batch
-    features = arrays.pop("features")
-    return PatchFeatures(features, locs, boxes, split.meta["row"].to_numpy(), path.name, arrays)
-
-
-def extract(
-    data_path: Path,
-    out: Path,
-    patching: Patching,
-    encoder: PatchEncoder,
-    cfg: FeatureConfig,
-    device: torch.device,
-) -> None:
-    """Encode every image of ``data_path`` into an HDF5 store at ``out``."""
-    detector = build_detector(patching.saliency) if patching.saliency else None
-    scheme = patching.scheme
-    with h5py.File(data_path, "r") as src, h5py.File(out, "w") as dst:
-        images = src[IMAGE_KEY]
-        n, height, width = images.shape[:3]
-        cells = scheme.boxes((0, 0, width, height))
-        d = encoder.out_dim
-        datasets = {
-            "features": dst.create_dataset("features", (n, scheme.num_patches, d), np.float16, chunks=True),
-            "locations": dst.create_dataset("locations", (n, scheme.num_patches, 5), np.float32),
-            "boxes": dst.create_dataset("boxes", (n, 4), np.int32),
-        }
-        views = akpm_view_slices(scheme) if patching.akpm_views else {}
-        for name, (_, count) in views.items():
-            datasets[name] = dst.create_dataset(name, (n, count, d), np.float16, chunks=True)
-        with stage(f"features {data_path.stem[-10:]} {patching.name}", n) as advance:
-            for start in range(0, n, cfg.batch_size):
-                raw = images[start : start + cfg.batch_size]
-                stop = start + len(raw)
-                boxes = detector.boxes(raw) if detector else np.tile([0, 0, width, height], (len(raw), 1))
-                x = torch.from_numpy(raw).to(device).permute(0, 3, 1, 2).float().div_(255)
-                if detector:
-                    x = lock(x, boxes)
-                crops = cut(x, cells, cfg.crop_size)
-                encoded = encode_crops(torch.cat([crops, *view_crops(crops, views)], dim=1), encoder).cpu().numpy()
-                datasets["features"][start:stop] = encoded[:, : scheme.num_patches]
-                offset = scheme.num_patches
-                for name, (_, count) in views.items():
-                    datasets[name][start:stop] = encoded[:, offset : offset + count]
-                    offset += count
-                datasets["locations"][start:stop] = np.stack(
-                    [locations(scheme.boxes(tuple(b)), width, height) for b in boxes.tolist()]
-                )
-                datasets["boxes"][start:stop] = boxes
-                advance(len(raw))
+    def for_split(self, split: str) -> Patching:
+        """The patching of ``split``'s store: AKPM views are read in pre-training only, so only train has them."""
+        return self if split == "train" else dataclasses.replace(self, akpm_views=False)
 
 
 def akpm_view_slices(scheme: PatchScheme) -> dict[str, tuple[slice, int]]:
@@ -187,6 +64,137 @@ def akpm_view_slices(scheme: PatchScheme) -> dict[str, tuple[slice, int]]:
     return views
 
 
+def rows_digest(split: Split) -> str:
+    """Hash of the file rows a split's examples come from."""
+    return digest(split.meta["row"].to_numpy().tolist())
+
+
+def store_root(split: Split, patching: Patching, cfg: FeatureConfig, encoder_id: str) -> Path:
+    """Where the store of ``split`` under ``patching`` lives in the cache."""
+    key = digest(
+        FEATURES_VERSION,
+        split.file_fingerprint,
+        rows_digest(split),
+        patching.scheme.name,
+        patching.saliency,
+        patching.akpm_views,
+        cfg.encoder,
+        encoder_id,
+        cfg.crop_size,
+    )
+    return cache_dir("features") / f"{split.path.stem}-{split.name}-{patching.name}-{cfg.encoder}-{key}"
+
+
+def store_layout(
+    split: Split, patching: Patching, cfg: FeatureConfig, encoder: PatchEncoder
+) -> tuple[dict[str, ArraySpec], dict]:
+    """The arrays of a feature store and the description its ``store.json`` records."""
+    k = patching.scheme.num_patches
+    views, offset = {}, k
+    if patching.akpm_views:
+        for name, (_, count) in akpm_view_slices(patching.scheme).items():
+            views[name] = [offset, offset + count]
+            offset += count
+    arrays = {
+        PATCHES: ArraySpec((offset, encoder.out_dim), "float16"),
+        LOCATIONS: ArraySpec((k, 5), "float32"),
+        BOXES: ArraySpec((4,), "int32"),
+    }
+    info = {
+        "kind": "patch features",
+        "version": FEATURES_VERSION,
+        "data_file": split.path.name,
+        "split": split.name,
+        "patching": patching.name,
+        "num_patches": k,
+        "views": views,
+        "encoder": cfg.encoder,
+        "weights": encoder.weights_id(),
+        "crop_size": cfg.crop_size,
+    }
+    return arrays, info
+
+
+class PatchFeatures:
+    """Patch features, 5-d locations, boxes and AKPM views of a split's examples, read by position from a store."""
+
+    def __init__(self, store: ShardedStore) -> None:
+        self.store = store
+        self.num_patches = int(store.info["num_patches"])
+        self.views = {name: slice(*bounds) for name, bounds in store.info["views"].items()}
+
+    def __len__(self) -> int:
+        return self.store.rows
+
+    @property
+    def name(self) -> str:
+        """The store's directory name: data file, split, patching, encoder and the hash of all of them."""
+        return self.store.name
+
+    @property
+    def dim(self) -> int:
+        return int(self.store.arrays[PATCHES].shape[-1])
+
+    def batch(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features (b, K, D), locations (b, K, 5))`` of the examples at ``positions``.
+
+        Features stay float16, as stored, on their way to the device: batches are built and copied at half the
+        size, and ``kbench.batches.to_device`` makes them float32 there (the same values either way)."""
+        features = self.store.read(PATCHES, positions, slice(0, self.num_patches))
+        return torch.from_numpy(features), torch.from_numpy(self.store.read(LOCATIONS, positions))
+
+    def batch_with_views(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``batch`` and every AKPM view ((b, n, D) float16), from one read of each row."""
+        rows = torch.from_numpy(self.store.read(PATCHES, positions))
+        views = {name: rows[:, part] for name, part in self.views.items()}
+        return rows[:, : self.num_patches], torch.from_numpy(self.store.read(LOCATIONS, positions)), views
+
+    def view(self, name: str, positions: np.ndarray) -> torch.Tensor:
+        """The AKPM view ``name`` ((b, n, D) float16) of the examples at ``positions``."""
+        if name not in self.views:
+            raise KbenchError(f"the feature store {self.name} has no {name!r} view")
+        return torch.from_numpy(self.store.read(PATCHES, positions, self.views[name]))
+
+    def example_boxes(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The ``(b, 4)`` boxes the examples at ``positions`` (all examples by default) were cut from."""
+        if positions is None:
+            return self.store.read_all(BOXES).astype(np.int64)
+        return self.store.read(BOXES, positions).astype(np.int64)
+
+
+def features_from_arrays(
+    root: Path,
+    features: np.ndarray,
+    locations: np.ndarray,
+    boxes: np.ndarray,
+    views: dict[str, np.ndarray] | None = None,
+    shard_rows: int = 1024,
+) -> PatchFeatures:
+    """A store at ``root`` written from in-memory arrays with the store's own writer (for tests and benchmarks)."""
+    n, k, d = features.shape
+    views = views or {}
+    bounds, offset = {}, k
+    for name, values in views.items():
+        bounds[name] = [offset, offset + values.shape[1]]
+        offset += values.shape[1]
+    rows = np.concatenate([features, *views.values()], axis=1).astype(np.float16)
+    arrays = {
+        PATCHES: ArraySpec((offset, d), "float16"),
+        LOCATIONS: ArraySpec((k, 5), "float32"),
+        BOXES: ArraySpec((4,), "int32"),
+    }
+    store = ShardedStore.create(root, n, shard_rows, arrays, {"num_patches": k, "views": bounds})
+    for shard in store.missing():
+        span = store.shard_span(shard)
+        part = slice(span.start, span.stop)
+        with store.shard_writer(shard) as writer:
+            writer.append({PATCHES: rows[part], LOCATIONS: locations[part], BOXES: boxes[part]})
+    return PatchFeatures(store)
+
+
+LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, what PIL's convert("L") uses
+
+
 def view_crops(crops: torch.Tensor, views: dict[str, tuple[slice, int]]) -> list[torch.Tensor]:
     """The crops of each view: the whole-box crop rotated by 90, 180, 270 degrees; level-4 crops in grey."""
     out = []
@@ -198,9 +206,6 @@ def view_crops(crops: torch.Tensor, views: dict[str, tuple[slice, int]]) -> list
             luma = (crops[:, part] * LUMA.to(crops.device).view(1, 1, 3, 1, 1)).sum(2, keepdim=True)
             out.append(luma.expand_as(crops[:, part]))
     return out
-
-
-LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, what PIL's convert("L") uses
 
 
 def lock(x: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:

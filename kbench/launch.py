@@ -67,6 +67,7 @@ def launch(
     """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
     workers = base.pretrain.workers
     with ray_session(base, ray_address):
+        prepare_features(base, specs, ("train", "test"))
         resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
@@ -97,6 +98,15 @@ def launch(
         _label(r.config): {k: v for k, v in r.metrics.items() if "/" in k and k not in (STAGE, COMPLETED, TOTAL)}
         for r in results
     }
+
+
+def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ...]) -> None:
+    """Extract, as Ray tasks, every feature store the trials of ``specs`` read from ``splits``, before they start."""
+    from kbench.extraction import extract_with_ray
+    from kbench.trial import Trial
+
+    jobs = [job for spec in specs for job in Trial(spec, base).feature_jobs(splits)]
+    extract_with_ray(jobs, base.features, base.runtime)
 
 
 def trial_cpus(base: Config) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 import yaml
 
 from kbench.config import Config
+from kbench.memory import peak_memory
 from kbench.metrics import sum_cap, sum_cls, sum_r
 from kbench.pretraining import pretrained_model
 from kbench.tasks import TASKS, build_task
@@ -31,19 +34,25 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         "config_hash": trial.config_hash,
         "tasks": ",".join(tasks),
         "task_versions": ",".join(f"{t}=v{TASKS.get(t).version}" for t in tasks),
+        **({"limit": cfg.data.limit} if cfg.data.limit else {}),  # tables never mix limited runs with full ones
     }
     timings: dict[str, float] = {}
+    memory: dict[str, float] = {}
+
+    def measured(stage: str) -> contextlib.AbstractContextManager:
+        return measure(stage, timings, memory, trial.device)
+
     with TrialRun(tracking, spec.label, tags) as run:
         run.log_params({**flatten(cfg.to_dict()), "model.name": spec.model, "seed": spec.seed})
         run.log_text("config.yaml", yaml.safe_dump({"model": spec.model, "seed": spec.seed, **cfg.to_dict()}))
-        with timed(timings, "data"):
+        with measured("data"):
             dataset = trial.dataset
             run.set_tags({"data_fingerprint": dataset.fingerprint})
-        with timed(timings, "features"):
+        with measured("features"):
             trial.data("train"), trial.data("test")
-        with timed(timings, "prepare"):
+        with measured("prepare"):
             run.log_metrics(trial.model_cls.prepare(trial))
-        with timed(timings, "pretrain"):
+        with measured("pretrain"):
             model, history = pretrained_model(trial)
         for epoch, values in enumerate(history, 1):
             run.log_metrics({f"pretrain/{k}": v for k, v in values.items()}, step=epoch)
@@ -54,7 +63,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         for name in (t for t in tasks if t not in skipped):
             task = build_task(name, cfg.tasks.get(name, {}))
             seed_everything(spec.seed)  # a task's result must not depend on what ran before it (a cached checkpoint)
-            with timed(timings, name):
+            with measured(name):
                 result = task.run(trial, model)
             metrics |= {f"{name}/{k}": v for k, v in result.metrics.items()}
             run.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items()})
@@ -67,6 +76,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         metrics |= sums(metrics)
         run.log_metrics({k: v for k, v in metrics.items() if k.startswith("sums/")})
         run.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
+        run.log_metrics(memory)
     return metrics
 
 
@@ -92,7 +102,9 @@ def sums(metrics: dict[str, float]) -> dict[str, float]:
 
 
 @contextmanager
-def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+def measure(stage: str, timings: dict[str, float], memory: dict[str, float], device: torch.device) -> Iterator[None]:
+    """The stage's wall time into ``timings`` and its peak memory (``mem/<stage>_peak_mb``...) into ``memory``."""
     start = time.perf_counter()
-    yield
+    with peak_memory(stage, memory, device):
+        yield
     timings[stage] = time.perf_counter() - start

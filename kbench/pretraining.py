@@ -1,7 +1,9 @@
 """Pre-training: the zoo entry's own objectives on the training split, checkpointed by config hash.
 
 Inside a torch process group (Ray Train workers, see ``kbench.distributed``) it runs data-parallel: every
-worker draws the same global batches, takes its own slice of each, and DDP averages the gradients.
+worker draws the same global batches, takes its own slice of each, and DDP averages the gradients. A training
+state is saved every ``pretrain.save_every`` steps beside the checkpoint, and a killed pre-training (a Ray Tune
+trial restarted after a crash included) resumes from it.
 """
 
 from __future__ import annotations
@@ -9,25 +11,27 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from filelock import FileLock
 from torch.nn.parallel import DistributedDataParallel
 
-from kbench.batches import NegativeSampler
+from kbench.batches import ModelData, NegativeSampler
+from kbench.config import PretrainConfig
+from kbench.loader import PRETRAIN_MASKS, PRETRAIN_NEGATIVES, PRETRAIN_ORDER, epoch_order, step_generator, step_rng
 from kbench.paths import atomic_dir, cache_dir
+from kbench.train_state import TrainState
 from kbench.training import fit
 from kbench.trial import Trial, seed_everything
-from kbench.zoo import VLPreTrainedModel, build_model
+from kbench.zoo import Collator, VLPreTrainedModel, build_model
 
 log = logging.getLogger(__name__)
 
 HISTORY_FILE = "history.json"
-# Added to the seed per rank for the collator's masking draws; rank 0 draws what a single process draws.
-RANK_SEED_STRIDE = 1_000_003
+RESUME_SUFFIX = ".resume"  # the training state beside the checkpoint it will become
 
 
 def pretrained_model(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
@@ -50,15 +54,23 @@ def pretrained_model(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, fl
             else:
                 log.info("reusing pre-trained checkpoint %s", path)
         if model is None:
+            state = training_state(trial)
             with atomic_dir(path) as tmp:
                 if trial.cfg.pretrain.workers > 1:
                     from kbench.distributed import pretrain_data_parallel
 
                     pretrain_data_parallel(trial, tmp)
                 else:
-                    save_checkpoint(*pretrain(trial), tmp)
+                    save_checkpoint(*pretrain(trial, state), tmp)
+            state.clear()
             model = trial.model_cls.from_pretrained(path)
     return model.to(trial.device).eval(), json.loads((path / HISTORY_FILE).read_text())
+
+
+def training_state(trial: Trial) -> TrainState:
+    """Where the trial's pre-training saves its progress."""
+    name = f"{trial.spec.model}-{trial.pretrain_key()}{RESUME_SUFFIX}"
+    return TrainState(cache_dir("checkpoints") / name, trial.cfg.pretrain.save_every)
 
 
 def save_checkpoint(model: VLPreTrainedModel, history: list[dict[str, float]], directory: Path) -> None:
@@ -67,40 +79,65 @@ def save_checkpoint(model: VLPreTrainedModel, history: list[dict[str, float]], d
     (directory / HISTORY_FILE).write_text(json.dumps(history, indent=1))
 
 
-def pretrain(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
-    """Train a fresh model (or one initialised from ``model.init_from``) with its pre-training objectives."""
+def pretrain(trial: Trial, state: TrainState | None = None) -> tuple[VLPreTrainedModel, list[dict[str, float]]]:
+    """Train a fresh model (or one initialised from ``model.init_from``) with its pre-training objectives, resuming
+    from ``state`` where one was saved."""
     cfg = trial.cfg.pretrain
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     data = trial.data("train")
-    seed_everything(trial.spec.seed)  # the checkpoint must depend on its key alone, not on what ran before it
+    seed = trial.spec.seed
+    seed_everything(seed)  # the checkpoint must depend on its key alone, not on what ran before it
     model = build_model(trial.spec.model, trial.cfg.model.init_from, **trial.model_kwargs()).to(trial.device)
     collate = trial.model_cls.pretraining_collator(model.config, trial)
-    sampler = NegativeSampler(data.split.meta["product_id"].to_numpy())
-    rng = np.random.default_rng(trial.spec.seed)  # the same on every rank: all draw the same global batches
-    generator = torch.Generator().manual_seed(trial.spec.seed + RANK_SEED_STRIDE * rank)
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
-    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
-
-    def batches(epoch: int):
-        order = rng.permutation(len(data))
-        for i in range(steps_per_epoch):
-            images = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            texts, labels = sampler.sample(images, cfg.itm_negative_rate, rng)
-            images, texts, labels = images[shard], texts[shard], labels[shard]
-            batch = data.inputs(images, texts)
-            batch["itm_labels"] = torch.from_numpy(labels)
-            batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
-            yield collate(batch, generator)
+    make_batch = pretraining_batches(data, collate, cfg, seed, rank, world)
 
     # Some heads are trained only in fine-tuning (VL-BERT's ITM, a dual encoder's match bias, disabled pretext heads).
     trained = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     def step(batch: dict[str, torch.Tensor]):
-        out = trained(**{k: v.to(trial.device, non_blocking=True) for k, v in batch.items()})
+        out = trained(**batch)
         return out.loss, {"loss": out.loss, **out.losses, **out.accuracies}
 
-    history = fit(trained, batches, steps_per_epoch, cfg, step, trial.device, trial.cfg.runtime.precision, "pre-train")
+    runtime = trial.cfg.runtime
+    history = fit(
+        trained,
+        make_batch,
+        steps_per_epoch,
+        cfg,
+        step,
+        trial.device,
+        runtime.precision,
+        "pre-train",
+        workers=runtime.loader_workers,
+        state=state,
+    )
     return model, mean_over_ranks(history) if world > 1 else history
+
+
+def pretraining_batches(
+    data: ModelData, collate: Collator, cfg: PretrainConfig, seed: int, rank: int = 0, world: int = 1
+) -> Callable[[int], dict[str, torch.Tensor]]:
+    """The input pipeline of pre-training: ``make(step)`` is the batch of global step ``step``, a function of the
+    step alone (every rank draws the same global batch and keeps its own slice of it)."""
+    sampler = NegativeSampler(data.split.meta["product_id"].to_numpy())
+    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    part = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    views = bool(data.features.views)
+
+    def make(step: int) -> dict[str, torch.Tensor]:
+        epoch, i = divmod(step, steps_per_epoch)
+        images = epoch_order(seed, PRETRAIN_ORDER, epoch, len(data))[
+            i * cfg.batch_size : (i + 1) * cfg.batch_size
+        ].copy()
+        texts, labels = sampler.sample(images, cfg.itm_negative_rate, step_rng(seed, PRETRAIN_NEGATIVES, step))
+        images, texts, labels = images[part], texts[part], labels[part]
+        batch = data.inputs(images, texts, views=views)
+        batch["itm_labels"] = torch.from_numpy(labels)
+        batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
+        return collate(batch, step_generator(seed, PRETRAIN_MASKS, step, rank))
+
+    return make
 
 
 def mean_over_ranks(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -63,12 +63,12 @@ def run_study(uri: str) -> Results:
 
 
 def collect(uri: str) -> Results:
-    """Every finished trial's metrics, apart from wall-clock times."""
+    """Every finished trial's metrics, apart from wall-clock times and memory peaks."""
     runs = load_runs(uri, EXPERIMENT)
     out: Results = {}
     for _, row in runs.iterrows():
         label = f"{row['model']}/{row['variant']}/seed{row['seed']}"
-        metrics = {k: float(v) for k, v in row.items() if "/" in str(k) and not str(k).startswith("time/")}
+        metrics = {k: float(v) for k, v in row.items() if "/" in str(k) and not str(k).startswith(("time/", "mem/"))}
         out[label] = {k: v for k, v in sorted(metrics.items()) if not math.isnan(v)}
     return dict(sorted(out.items()))
 

@@ -11,12 +11,14 @@ from kbench.ablations import BLOCKS, blocks
 from kbench.cli import resolve_config
 from kbench.config import Config
 from kbench.data import load_dataset
+from kbench.encoders import RANDOM_WEIGHTS, build_encoder
 from kbench.errors import KbenchError
 from kbench.kaleido.saliency import build_detector
 from kbench.tasks import build_task, parse_tasks
 from kbench.tracking import Tracking, open_experiment, parent_run, settle, tracking_uri
+from kbench.training import cpu_has_bf16, resolve_device
 from kbench.trial import TrialSpec, config_hash, model_options, trial_config
-from kbench.zoo import MODELS, check_options
+from kbench.zoo import MODELS, NO_INIT, bert_config, check_options
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,9 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
         )
     for name in sorted(set(tasks) | set(cfg.tasks)):
         build_task(name, cfg.tasks.get(name, {}))
+    check_initial_weights(cfg)
+    if cfg.runtime.precision == "bf16" and resolve_device(cfg.runtime.device).type == "cpu" and not cpu_has_bf16():
+        log.info("runtime.precision=bf16: this CPU has no bf16 arithmetic, so trials on it compute in fp32")
     dataset = load_dataset(cfg.data)
     log.info(
         "%s: %d train, %d dev, %d test images; fingerprint %s",
@@ -61,6 +66,24 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
         len(dataset.test),
         dataset.fingerprint,
     )
+
+
+def check_initial_weights(cfg: Config) -> None:
+    """The encoder's weights load and the BERT checkpoint to start from exists; random ones (only when spelled
+    out: ``features.weights=random``, ``model.init_from=none``) are allowed with a warning."""
+    build_encoder(cfg.features.encoder, cfg.features.weights)
+    if cfg.features.weights == RANDOM_WEIGHTS:
+        log.warning(
+            "features.weights=%s: the %s encoder has random weights; the numbers only show that the code path runs",
+            RANDOM_WEIGHTS,
+            cfg.features.encoder,
+        )
+    if cfg.model.init_from == NO_INIT:
+        log.warning(
+            "model.init_from=%s: the transformer starts from random weights, not from a BERT checkpoint", NO_INIT
+        )
+    elif cfg.model.init_from:
+        bert_config(cfg.model.init_from)
 
 
 def seeds(opts: argparse.Namespace) -> range:
@@ -100,7 +123,8 @@ def run(opts: argparse.Namespace) -> str:
     models, tasks = parse_models(opts.model), parse_tasks(opts.task)
     specs = [TrialSpec(model, seed) for model in models for seed in seeds(opts)]
     execute(opts, cfg, specs, tasks, resume=opts.resume)
-    return build_main(tracking_uri(opts.tracking_uri), opts.experiment, "md", cfg.profile, cfg.data.dataset)
+    uri = tracking_uri(opts.tracking_uri)
+    return build_main(uri, opts.experiment, "md", cfg.profile, cfg.data.dataset, cfg.data.limit)
 
 
 def ablate(opts: argparse.Namespace) -> str:
@@ -119,5 +143,6 @@ def ablate(opts: argparse.Namespace) -> str:
     execute(opts, cfg, specs, tasks, resume=True)
     uri = tracking_uri(opts.tracking_uri)
     return "\n".join(
-        build_ablation(uri, opts.experiment, block, "md", cfg.profile, cfg.data.dataset) for block in names
+        build_ablation(uri, opts.experiment, block, "md", cfg.profile, cfg.data.dataset, opts.model, cfg.data.limit)
+        for block in names
     )

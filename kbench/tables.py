@@ -116,16 +116,31 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("start_time", ascending=False) if rows else pd.DataFrame()
 
 
-def select(runs: pd.DataFrame, profile: str | None, dataset: str | None) -> tuple[pd.DataFrame, str, str]:
-    """Runs of one profile and dataset (default: those of the newest run), the newest per (model, variant, seed)."""
+def select(
+    runs: pd.DataFrame, profile: str | None, dataset: str | None, limit: int | None = None
+) -> tuple[pd.DataFrame, str, str]:
+    """Runs of one profile and dataset (default: those of the newest run), the newest per (model, variant, seed).
+
+    Runs limited to the first N products (``--limit``) are only ever tabulated with runs of the same limit: without
+    ``limit``, only full runs are.
+    """
     if runs.empty:
         raise KbenchError("no finished kbench runs to tabulate; run `kbench run` first")
+    limits = runs["limit"] if "limit" in runs else pd.Series(None, index=runs.index, dtype=object)
+    runs = runs[limits.isna()] if limit is None else runs[limits == str(limit)]
+    if runs.empty:
+        which = "full (not --limit)" if limit is None else f"--limit {limit}"
+        raise KbenchError(f"no finished {which} kbench runs to tabulate")
     profile = profile or runs["profile"].iloc[0]
     dataset = dataset or runs["dataset"].iloc[0]
     chosen = runs[(runs["profile"] == profile) & (runs["dataset"] == dataset)]
     if chosen.empty:
         raise KbenchError(f"no finished runs with profile {profile!r} and dataset {dataset!r}")
     return chosen.drop_duplicates(["model", "variant", "seed"]), profile, dataset
+
+
+def _limited(limit: int | None) -> str:
+    return f", limited to the first {limit} products of each split" if limit else ""
 
 
 def summarise(values: pd.Series) -> tuple[float, float | None, int]:
@@ -207,12 +222,19 @@ def _titled(frame: pd.DataFrame, fmt: str, title: str, caption: str) -> str:
     return f"<h3>{title}</h3>\n<p>{caption}</p>\n{body}"
 
 
-def build_main(uri: str, experiment: str, fmt: str, profile: str | None = None, dataset: str | None = None) -> str:
+def build_main(
+    uri: str,
+    experiment: str,
+    fmt: str,
+    profile: str | None = None,
+    dataset: str | None = None,
+    limit: int | None = None,
+) -> str:
     """``kbench table --main``: Tables 2 and 3 from the runs of ``experiment``."""
     _check_format(fmt)
-    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset)
+    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset, limit)
     caption = (
-        f"kbench: profile {profile}, dataset {dataset}, protocol {_protocols(runs)}; "
+        f"kbench: profile {profile}, dataset {dataset}{_limited(limit)}, protocol {_protocols(runs)}; "
         "mean ± 95% CI over seeds; paper: Kaleido-BERT (CVPR 2021)."
     )
     return render(main_tables(runs), fmt, caption)
@@ -328,17 +350,19 @@ def build_ablation(
     profile: str | None = None,
     dataset: str | None = None,
     model: str = "kaleido",
+    limit: int | None = None,
 ) -> str:
     """``kbench table --ablation BLOCK``: one block of Table 4 from the runs of ``experiment``."""
     _check_format(fmt)
     blocks(block)
-    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset)
+    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset, limit)
     runs = runs[runs["variant"].str.startswith(f"{block}:")]
     if runs.empty:
         raise KbenchError(f"no finished {block} ablation runs; run `kbench ablate {block}` first")
     baseline = BLOCKS[block][0].label
     caption = (
-        f"kbench {model}: profile {profile}, dataset {dataset}, protocol {_protocols(runs)}; ours as mean ± 95% CI "
+        f"kbench {model}: profile {profile}, dataset {dataset}{_limited(limit)}, protocol {_protocols(runs)}; "
+        "ours as mean ± 95% CI "
         f"over seeds with the change against {baseline} in brackets; † our interval overlaps {baseline}'s; "
         "paper: Kaleido-BERT Table 4."
     )

@@ -15,9 +15,10 @@ import torch
 
 import kbench
 from kbench.batches import ModelData
-from kbench.config import Config, apply_override, digest
+from kbench.config import Config, apply_override, digest, without_scheduling
 from kbench.data import DatasetSplits, load_dataset
-from kbench.features import Patching, load_features
+from kbench.extraction import Job, load_features
+from kbench.features import Patching
 from kbench.text import load_tokenizer, tokenize
 from kbench.training import resolve_device
 from kbench.zoo import MODELS, option_defaults
@@ -115,7 +116,7 @@ class Trial:
         if split not in self._data:
             part = getattr(self.dataset, split)
             text = tokenize(self.tokenizer, list(part.meta["description"]), self.cfg.data.max_text_len)
-            features = load_features(part, self.patching, self.cfg.features, self.device)
+            features = load_features(part, self.patching.for_split(split), self.cfg.features, self.device)
             self._data[split] = ModelData(part, text, features)
         return self._data[split]
 
@@ -129,12 +130,16 @@ class Trial:
             self.spec.seed,
             self.dataset.fingerprint,
             text,
-            self.data("train").features.store,
+            self.data("train").features.name,
             resolved_options(c, self.spec.model),
             c.model.init_from,
-            dataclasses.asdict(c.pretrain),
+            without_scheduling(dataclasses.asdict(c.pretrain), "pretrain"),
             dataclasses.asdict(c.aag),
         )
+
+    def feature_jobs(self, splits: tuple[str, ...]) -> list[Job]:
+        """The feature stores ``splits`` of this trial read, as extraction jobs."""
+        return [(getattr(self.dataset, split), self.patching.for_split(split)) for split in splits]
 
     def memo(self, key: str, make: Callable[[], T]) -> T:
         """What ``make`` builds, made once per trial: ITR and TIR share one ITM fine-tuning, pre-training and

@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 from kbench.config import Config, OptimConfig
 from kbench.errors import KbenchError
-from kbench.launch import configure_worker, ray_session
+from kbench.launch import configure_worker, prepare_features, ray_session
 from kbench.paths import atomic_path, cache_dir
 from kbench.tasks import build_task
 from kbench.tracking import Tracking, TrialRun, log_metrics, log_params, open_experiment, parent_run, tracking_uri
@@ -160,6 +160,7 @@ def search(
 ) -> tune.ResultGrid:
     """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the dev ``metric``."""
     with ray_session(cfg, ray_address):
+        prepare_features(cfg, [spec], ("train", "dev"))
         resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
         trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)
         scheduler = ASHAScheduler(time_attr=EPOCH, max_t=max(space["epochs"].categories), reduction_factor=2)

@@ -174,13 +174,16 @@ ARCHITECTURE_KEYS = (
 )
 
 
+NO_INIT = "none"  # model.init_from=none: random initial weights, even where a profile names a checkpoint
+
+
 def build_model(name: str, init_from: str | None, **config_kwargs: Any) -> VLPreTrainedModel:
     """Instantiate zoo entry ``name`` from scratch, or with its text side initialised from a BERT checkpoint.
 
     With ``init_from`` (a local path or a hub name), the architecture follows that checkpoint.
     """
     model_cls = MODELS.get(name)
-    if not init_from:
+    if not init_from or init_from == NO_INIT:
         return model_cls(model_cls.config_class(**config_kwargs))
     bert = load_bert(init_from)
     arch = {k: getattr(bert.config, k) for k in ARCHITECTURE_KEYS}
@@ -191,14 +194,27 @@ def build_model(name: str, init_from: str | None, **config_kwargs: Any) -> VLPre
 
 def load_bert(name_or_path: str) -> BertModel:
     """A BERT checkpoint from a directory or the hub (the hub only when the user names a model)."""
+    config = bert_config(name_or_path)
     try:
-        config = BertConfig.from_pretrained(name_or_path)
         return BertModel.from_pretrained(name_or_path, config=config, add_pooling_layer=True)
     except (OSError, ValueError) as exc:
-        where = "directory" if Path(name_or_path).exists() else "name"
-        raise KbenchError(
-            f"cannot load BERT checkpoint {where} {name_or_path!r}: {str(exc).splitlines()[0]}"
-        ) from None
+        raise unloadable(name_or_path, exc) from None
+
+
+def bert_config(name_or_path: str) -> BertConfig:
+    """The config of a BERT checkpoint (checked before any trial starts, so that a missing one fails at once)."""
+    try:
+        return BertConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise unloadable(name_or_path, exc) from None
+
+
+def unloadable(name_or_path: str, exc: Exception) -> KbenchError:
+    where = "directory" if Path(name_or_path).exists() else "name"
+    return KbenchError(
+        f"cannot load BERT checkpoint {where} {name_or_path!r}: {str(exc).splitlines()[0]} "
+        f"(model.init_from={NO_INIT} starts from random weights, to try the code path)"
+    )
 
 
 def option_defaults(model_cls: type[VLPreTrainedModel]) -> dict[str, Any]:

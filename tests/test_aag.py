@@ -6,12 +6,14 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 from kbench.config import AlignmentConfig, DataConfig, SynthConfig
 from kbench.data.fashiongen import read_splits
+from kbench.data.layout import IMAGE_KEY
 from kbench.data.splits import Split
 from kbench.data.synth import generate
 from kbench.encoders import build_encoder
@@ -21,12 +23,15 @@ from kbench.kaleido.aag import (
     align,
     assign_cells,
     attention_loss,
+    box_feature_maps,
     cell_overlap,
+    grid_features,
     load_alignments,
     read_regions,
     score_alignments,
     words,
 )
+from kbench.paths import cache_dir
 
 LEVELS = (3, 4, 5)
 
@@ -132,9 +137,30 @@ def test_load_alignments_trains_aligns_and_caches(synth_train: Split) -> None:
     again = load_alignments(*args)
     assert time.perf_counter() - start < 2.0
     assert again == alignments
-    # the same seed trains the same captioner: recomputing gives what the cache holds
-    fresh = align(split, boxes, LEVELS, build_encoder("small-cnn", None), cfg, torch.device("cpu"), 0)
-    assert fresh == alignments
+    # the same seed trains the same captioner: recomputing gives what the cache holds, however many loader
+    # workers read the grid store ahead of it
+    grids = grid_features(split, boxes, "small-cnn", build_encoder("small-cnn", None), cfg, torch.device("cpu"))
+    assert align(split, grids, LEVELS, cfg, torch.device("cpu"), 0, workers=2) == alignments
+
+
+def test_grid_features_stream_from_a_sharded_store_on_disk(synth_train: Split) -> None:
+    """The captioner's features are read back from disk in batches, standardised by the statistics of the float32
+    maps as extraction saw them; the store is kept in shards of whole batches."""
+    split = synth_train
+    boxes = np.tile([0, 0, 256, 256], (len(split), 1))
+    cfg = AlignmentConfig(batch_size=4)
+    encoder = build_encoder("small-cnn", None)
+    grids = grid_features(split, boxes, "small-cnn", encoder, cfg, torch.device("cpu"))
+    assert grids.store.root.parent == cache_dir("aag-grids") and grids.store.complete
+    assert grids.store.shard_rows % cfg.batch_size == 0 and len(grids) == len(split)
+    with h5py.File(split.path, "r") as f:
+        maps = box_feature_maps(f[IMAGE_KEY], split.meta["row"].to_numpy(), boxes, encoder, cfg, torch.device("cpu"))
+    centre = maps.double().mean((0, 1))
+    scale = (maps.double().square().mean((0, 1)) - centre.square()).sqrt()
+    positions = np.array([7, 0, 31, 7])
+    expected = ((maps[positions].double() - centre) / scale).float()
+    torch.testing.assert_close(grids.batch(positions).float(), expected, atol=2e-3, rtol=2e-3)  # float16 store
+    assert grids.size == (14, 14) and grids.channels == 128
 
 
 def test_read_regions_follows_the_split_rows(synth_train: Split) -> None:

@@ -140,3 +140,18 @@ def test_bad_config_files_are_refused(tmp_path, text: str, message: str) -> None
         load_config("default", files=[path])
     with pytest.raises(KbenchError, match="cannot read config file"):
         load_config("default", files=[tmp_path / "missing.yaml"])
+
+
+def test_scheduling_settings_change_no_hash_and_the_limit_does() -> None:
+    """Where and how fast a trial runs never changes its hash (so it resumes whatever it is given); the products
+    it sees do."""
+    spec = TrialSpec("kaleido", 0)
+    plain = config_hash(load_config("default"), spec)
+    for item in (
+        "runtime.loader_workers=4",
+        "features.workers=3",
+        "pretrain.save_every=7",
+        "runtime.cpus_per_trial=8",
+    ):
+        assert config_hash(load_config("default", [item]), spec) == plain, item
+    assert config_hash(load_config("default", ["data.limit=64"]), spec) != plain

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +15,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kbench.config import DataConfig, FeatureConfig
+from kbench.config import DataConfig, FeatureConfig, RuntimeConfig
 from kbench.data.fashiongen import read_splits
 from kbench.encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ResNet50, SmallCNN, build_encoder
 from kbench.errors import KbenchError
-from kbench.features import Patching, load_features, store_path
+from kbench.extraction import extract_with_ray, load_features
+from kbench.features import Patching, store_root
+from kbench.launch import ray_temp_dir
 from kbench.patches import KALEIDO, get_scheme, locations
+from kbench.store import ArraySpec, ShardedStore
 
 
 def test_kaleido_has_55_row_major_cells_with_integer_bounds() -> None:
@@ -88,16 +96,17 @@ def test_resnet50_has_torchvision_names_and_loads_a_state_dict(tmp_path: Path) -
 
 def test_store_matches_crop_by_crop_encoding_and_is_cached(tiny_fashiongen: Path) -> None:
     data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
-    scheme, cfg = get_scheme("grid-4"), FeatureConfig(batch_size=5)
+    scheme, cfg = get_scheme("grid-4"), FeatureConfig(batch_size=5, shard_rows=7)
     feats = load_features(data.test, Patching(scheme), cfg, torch.device("cpu"))
-    path = store_path(data.test, Patching(scheme), cfg, SmallCNN().weights_id())
-    assert path.exists() and len(feats) == len(data.test)
-    stamp = path.stat().st_mtime_ns
+    root = store_root(data.test, Patching(scheme), cfg, SmallCNN().weights_id())
+    assert feats.store.root == root and feats.store.complete and len(feats) == len(data.test)
+    assert feats.store.num_shards == -(-len(data.test) // 7) > 1, "the test reads across shards"
+    stamp = (root / "shard-00000" / "patches.npy").stat().st_mtime_ns
     load_features(data.test, Patching(scheme), cfg, torch.device("cpu"))
-    assert path.stat().st_mtime_ns == stamp, "a second load must reuse the store"
+    assert (root / "shard-00000" / "patches.npy").stat().st_mtime_ns == stamp, "a second load must reuse the store"
 
     encoder = SmallCNN().eval()
-    positions = np.array([3, 0])
+    positions = np.array([8, 0, 3, 8])  # out of order, repeated, in two shards
     image = torch.from_numpy(data.test.read_images(positions)).permute(0, 3, 1, 2).float() / 255
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     expected = []
@@ -105,8 +114,120 @@ def test_store_matches_crop_by_crop_encoding_and_is_cached(tiny_fashiongen: Path
         crop = F.interpolate(image[:, :, y1:y2, x1:x2], size=(32, 32), mode="bilinear", antialias=True)
         expected.append(encoder((crop - mean) / std))
     got, locs = feats.batch(positions)
-    torch.testing.assert_close(got, torch.stack(expected, 1).half().float(), atol=1e-3, rtol=1e-3)  # float16 store
-    assert locs.shape == (2, 16, 5)
+    assert got.dtype == torch.float16  # as stored: float32 only on the device
+    torch.testing.assert_close(got.float(), torch.stack(expected, 1).half().float(), atol=1e-3, rtol=1e-3)
+    assert locs.shape == (4, 16, 5) and feats.views == {}
+
+
+def test_store_reads_any_rows_of_any_part_in_order(tmp_path: Path) -> None:
+    """Batches are read straight from the shard files on disk, whatever the shard size: whole rows (coalesced into
+    runs), parts of rows, repeated and unordered positions."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((23, 6, 5)).astype(np.float16)
+    store = ShardedStore.create(tmp_path / "s", 23, 4, {"x": ArraySpec((6, 5), "float16")}, {"what": "test"})
+    assert store.missing() == list(range(6)) and not store.complete
+    for shard in store.missing():
+        span = store.shard_span(shard)
+        with store.shard_writer(shard) as writer:
+            for start in range(span.start, span.stop, 3):  # in batches that do not divide the shard
+                writer.append({"x": values[start : min(start + 3, span.stop)]})
+    assert store.complete and ShardedStore.open(tmp_path / "s").layout() == store.layout()
+    for positions in ([0], [22, 3, 4, 5, 6, 7, 3, 0], rng.integers(0, 23, 50), np.arange(23)):
+        np.testing.assert_array_equal(store.read("x", np.asarray(positions)), values[positions])
+        np.testing.assert_array_equal(store.read("x", np.asarray(positions), slice(2, 5)), values[positions, 2:5])
+    with pytest.raises(KbenchError, match="out of range"):
+        store.read("x", np.array([23]))
+    with pytest.raises(ValueError, match="shard incomplete"), store.shard_writer(0) as writer:
+        writer.append({"x": values[:1]})
+    assert not any(p.name.startswith(".shard") for p in (tmp_path / "s").iterdir()), "nothing half-written is left"
+
+
+def test_killed_extraction_resumes_to_the_uninterrupted_store(
+    tiny_fashiongen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``kill -9`` in the middle of a shard: the rerun drops the half-written shard, keeps the committed ones and
+    ends with the same bytes as an extraction that was never interrupted."""
+    patching, cfg = (
+        Patching(KALEIDO, saliency="border-contrast", akpm_views=True),
+        FeatureConfig(batch_size=2, shard_rows=4),
+    )
+    script = tmp_path / "extract.py"
+    script.write_text(KILLED_EXTRACTION.format(data=str(tiny_fashiongen), marker=str(tmp_path / "stuck")))
+    child = subprocess.Popen([sys.executable, str(script)], env={**os.environ, "KBENCH_HOME": str(tmp_path / "a")})
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "stuck").exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "stuck").exists(), "the extraction must have stopped inside its third shard"
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+
+    data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
+    monkeypatch.setenv("KBENCH_HOME", str(tmp_path / "a"))
+    root = store_root(data.train, patching, cfg, SmallCNN().weights_id())
+    assert sorted(p.name for p in root.glob("shard-*")) == ["shard-00000", "shard-00001"]
+    assert len(list(root.glob(".shard-00002.*"))) == 1, "the killed writer left its shard half-written"
+    resumed = load_features(data.train, patching, cfg, torch.device("cpu")).store
+    assert not list(root.glob(".shard-*"))
+    monkeypatch.setenv("KBENCH_HOME", str(tmp_path / "b"))
+    whole = load_features(data.train, patching, cfg, torch.device("cpu")).store
+    assert resumed.num_shards == whole.num_shards > 3
+    assert store_bytes(resumed) == store_bytes(whole)
+
+
+KILLED_EXTRACTION = """
+import os, time
+import torch
+from kbench.config import DataConfig, FeatureConfig
+from kbench.data.fashiongen import read_splits
+from kbench.extraction import load_features
+from kbench.features import Patching
+from kbench.patches import KALEIDO
+from kbench.store import ShardWriter
+
+append, calls = ShardWriter.append, []
+def stuck(self, batch):  # the fifth batch is the first of the third shard: stop inside it, after writing it
+    append(self, batch)
+    calls.append(1)
+    if len(calls) == 5:
+        open({marker!r}, "w").close()
+        time.sleep(600)
+ShardWriter.append = stuck
+data = read_splits({data!r}, DataConfig(dataset="fashiongen", data_dir={data!r}), "fashiongen")
+patching = Patching(KALEIDO, saliency="border-contrast", akpm_views=True)
+load_features(data.train, patching, FeatureConfig(batch_size=2, shard_rows=4), torch.device("cpu"))
+"""
+
+
+def store_bytes(store: ShardedStore) -> dict[str, bytes]:
+    """Every file of a store's shards, by path inside the store."""
+    return {str(p.relative_to(store.root)): p.read_bytes() for p in sorted(store.root.glob("shard-*/*.npy"))}
+
+
+@pytest.mark.slow
+def test_one_and_two_ray_workers_write_the_same_store(
+    tiny_fashiongen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shards extracted by Ray tasks, one or two at a time, equal those extracted in one process, byte for byte."""
+    import ray
+
+    data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
+    patching = Patching(KALEIDO, saliency="border-contrast", akpm_views=True)
+    runtime = RuntimeConfig(device="cpu", cpus_per_trial=1)
+    stores = {}
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, _temp_dir=ray_temp_dir())
+    try:
+        for workers in (1, 2):
+            monkeypatch.setenv("KBENCH_HOME", str(tmp_path / f"ray-{workers}"))
+            cfg = FeatureConfig(batch_size=3, shard_rows=5, workers=workers)
+            extract_with_ray([(data.train, patching), (data.test, Patching(KALEIDO))], cfg, runtime)
+            stores[workers] = load_features(data.train, patching, cfg, torch.device("cpu")).store
+            assert load_features(data.test, Patching(KALEIDO), cfg, torch.device("cpu")).store.complete
+    finally:
+        ray.shutdown()
+    monkeypatch.setenv("KBENCH_HOME", str(tmp_path / "in-process"))
+    alone = load_features(data.train, patching, FeatureConfig(batch_size=3, shard_rows=5), torch.device("cpu")).store
+    assert alone.num_shards > 2
+    assert store_bytes(stores[1]) == store_bytes(stores[2]) == store_bytes(alone)
 
 
 def crop_features(
@@ -126,7 +247,7 @@ def test_locked_kaleido_store_with_akpm_views(tiny_fashiongen: Path) -> None:
     data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
     patching = Patching(KALEIDO, saliency="border-contrast", akpm_views=True)
     feats = load_features(data.test, patching, FeatureConfig(batch_size=4), torch.device("cpu"))
-    assert set(feats.views) == {"rotated", "grey"} and "locked" in feats.store
+    assert set(feats.views) == {"rotated", "grey"} and "locked" in feats.name
     positions = np.array([2, 5])
     boxes = feats.example_boxes(positions)
     assert boxes.shape == (2, 4)
@@ -138,15 +259,17 @@ def test_locked_kaleido_store_with_akpm_views(tiny_fashiongen: Path) -> None:
         locked = F.interpolate(raw[:, :, y1:y2, x1:x2], size=(256, 256), mode="bilinear", antialias=True)
         cells = KALEIDO.boxes((0, 0, 256, 256))
         whole = crop_features(locked, tuple(cells[0]), encoder)
-        torch.testing.assert_close(got[i, 0], whole[0].half().float(), atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(got[i, 0].float(), whole[0].half().float(), atol=2e-3, rtol=2e-3)
         for k in (1, 2, 3):
             rotated = crop_features(locked, tuple(cells[0]), encoder, k=k)
             torch.testing.assert_close(
-                feats.view("rotated", positions)[i, k - 1], rotated[0].half().float(), atol=2e-3, rtol=2e-3
+                feats.view("rotated", positions)[i, k - 1].float(), rotated[0].half().float(), atol=2e-3, rtol=2e-3
             )
         level4 = KALEIDO.level_slices()[3]
         grey = crop_features(locked, tuple(cells[level4][5]), encoder, grey=True)
-        torch.testing.assert_close(feats.view("grey", positions)[i, 5], grey[0].half().float(), atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(
+            feats.view("grey", positions)[i, 5].float(), grey[0].half().float(), atol=2e-3, rtol=2e-3
+        )
         # locations are those of the cells of the locked box, in image coordinates
         expected = locations(KALEIDO.boxes(tuple(boxes[i])), 256, 256)
         np.testing.assert_allclose(locs[i].numpy(), expected, rtol=1e-6)

@@ -59,6 +59,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
         tags["protocol"] = "fashionbert-101 v1"
         with TrialRun(Tracking(uri, experiment), f"{model}/seed{seed}", tags) as run:
             run.log_metrics(metrics_for(offset))
+    limited = {**tags, "model": "fashionbert", "seed": 0, "profile": "default", "limit": 64}  # kbench run --limit 64
+    with TrialRun(Tracking(uri, experiment), "fashionbert/seed0 limited", limited) as run:
+        run.log_metrics(metrics_for(70.0))
     failed = TrialRun(Tracking(uri, experiment), "failed", {**tags, "profile": "default", "model": "fashionbert"})
     failed.log_metrics(metrics_for(1000.0))
     failed.__exit__(RuntimeError, None, None)  # a FAILED run never reaches a table
@@ -78,6 +81,17 @@ def test_default_selection_is_the_newest_profile(store: str) -> None:
     text = build_main(store, "tables", "csv")
     assert "profile smoke" not in text  # csv has no caption; check the values instead
     assert "fashionbert,kbench,1,51,," in text  # the smoke run (offset 50) alone: value 51, no interval
+
+
+def test_limited_runs_are_never_mixed_with_full_ones(store: str) -> None:
+    full = build_main(store, "tables", "csv", profile="default", dataset="synth")
+    assert "fashionbert,kbench,2,2,12.7062," in full and ",71," not in full  # two full seeds: R1 = 1 and 3
+    limited = build_main(store, "tables", "csv", profile="default", dataset="synth", limit=64)
+    assert "fashionbert,kbench,1,71,," in limited and "clip,kbench" not in limited  # the limited run alone
+    caption = build_main(store, "tables", "md", profile="default", dataset="synth", limit=64)
+    assert "limited to the first 64 products of each split" in caption
+    with pytest.raises(KbenchError, match="no finished --limit 5 kbench runs"):
+        build_main(store, "tables", "md", limit=5)
 
 
 def test_mean_and_interval() -> None:

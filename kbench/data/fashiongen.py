@@ -38,6 +38,13 @@ def read_splits(data_dir: Path, cfg: DataConfig, name: str) -> DatasetSplits:
         raise KbenchError(f"data directory {data_dir} does not exist")
     train = _read_split(data_dir / TRAIN_FILE, "train")
     test = _read_split(data_dir / TEST_FILE, "test")
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise KbenchError(f"--limit must be at least 1 product, got {cfg.limit}")
+        train, test = first_products(train, cfg.limit), first_products(test, cfg.limit)
+        log.info(
+            "%s: limited to the first %d products: %d train, %d test images", name, cfg.limit, len(train), len(test)
+        )
     train, dev = carve_dev(train, cfg.dev_fraction, cfg.dev_seed)
     categories = sorted(set(train.meta["category"]) | set(dev.meta["category"]))
     subcategories = sorted(set(train.meta["subcategory"]) | set(dev.meta["subcategory"]))
@@ -49,8 +56,14 @@ def read_splits(data_dir: Path, cfg: DataConfig, name: str) -> DatasetSplits:
             int(unseen.sum()),
             test.meta.loc[unseen, "subcategory"].nunique(),
         )
-    fingerprint = digest_parts(train.file_fingerprint, test.file_fingerprint)
+    fingerprint = digest_parts(train.file_fingerprint, test.file_fingerprint, *([cfg.limit] if cfg.limit else []))
     return DatasetSplits(name, train, dev, test, fingerprint, categories, subcategories)
+
+
+def first_products(split: Split, limit: int) -> Split:
+    """The examples of the first ``limit`` products of ``split``, in file order."""
+    keep = list(split.product_groups().values())[:limit]
+    return split.subset(np.sort(np.concatenate(keep)), split.name) if keep else split
 
 
 def _read_split(path: Path, name: str) -> Split:

@@ -8,7 +8,9 @@ alphabetic words (``WORD``), keep the generated words that occur in the image's 
 words (``STOPWORDS``) and align each to the arg-max cell, by attention mass, of every requested grid level.
 Two choices keep the attention from staying flat: the encoder's sparse post-ReLU maps are standardised per
 channel, and the objective weighs the regulariser against each caption's summed (not mean) word likelihood,
-as the paper's does. Alignments are cached per (data file, rows, boxes, levels, encoder, config, seed).
+as the paper's does. Alignments are cached per (data file, rows, boxes, levels, encoder, config, seed). The grid
+features are kept in a sharded store on disk, like the patch features, and streamed to the captioner in batches,
+so memory is O(batch) whatever the split's size.
 """
 
 from __future__ import annotations
@@ -33,14 +35,19 @@ from kbench.data.layout import IMAGE_KEY, decode
 from kbench.data.splits import Split, read_rows
 from kbench.encoders import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder, build_encoder
 from kbench.errors import KbenchError
-from kbench.features import resize
+from kbench.features import resize, rows_digest
+from kbench.loader import prefetch
 from kbench.patches import PatchScheme
 from kbench.paths import atomic_path, cache_dir
 from kbench.progress import stage
+from kbench.store import ArraySpec, ShardedStore
 
 log = logging.getLogger(__name__)
 
 AAG_VERSION = 1
+GRID_VERSION = 1
+GRID, MOMENTS = "grid", "moments"
+GRID_SHARD_ROWS = 1024  # about: a shard holds whole batches
 WORD = re.compile(r"[a-z]+")  # words are lower-case alphabetic runs of the description ("Turn-up" -> turn, up)
 # function words, never aligned
 STOPWORDS = frozenset(
@@ -196,11 +203,13 @@ def load_alignments(
     cfg: AlignmentConfig,
     device: torch.device,
     seed: int,
+    workers: int = 0,
 ) -> Alignments:
     """Train the captioner on ``split`` and align its examples, or load the cached result.
 
     The cache is keyed by the split's file fingerprint and rows, ``box_key`` (and the boxes), ``levels``, the
     encoder, ``cfg`` and ``seed``; the JSON file is written atomically under ``cache_dir("alignments")``.
+    ``workers`` processes read the grid features ahead of the captioner.
     """
     boxes = np.asarray(boxes, dtype=np.int64)
     if boxes.shape != (len(split), 4):
@@ -224,7 +233,8 @@ def load_alignments(
     with FileLock(str(path) + ".lock"):
         if not path.exists():
             log.info("training the AAG captioner on %d images of %s", len(split), split.path.name)
-            alignments = align(split, boxes, levels, encoder.to(device), cfg, device, seed)
+            grids = grid_features(split, boxes, encoder_name, encoder.to(device), cfg, device)
+            alignments = align(split, grids, levels, cfg, device, seed, workers)
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(dataclasses.asdict(alignments), separators=(",", ":")))
     data = json.loads(path.read_text())
@@ -233,28 +243,33 @@ def load_alignments(
 
 def align(
     split: Split,
-    boxes: np.ndarray,
+    grids: GridFeatures,
     levels: tuple[int, ...],
-    encoder: PatchEncoder,
     cfg: AlignmentConfig,
     device: torch.device,
     seed: int,
+    workers: int = 0,
 ) -> Alignments:
-    """Extract grid features, train the captioner and align the generated words of every example."""
-    features, (h, w) = grid_features(split, boxes, encoder, cfg, device)
+    """Train the captioner on the grid features and align the generated words of every example."""
     descriptions = split.meta["description"].tolist()
     vocab = build_vocab(descriptions, cfg.vocab_min_count)
-    captions = encode_captions(descriptions, vocab, cfg.max_words).to(device)
+    captions = encode_captions(descriptions, vocab, cfg.max_words)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        decoder = Decoder(len(vocab), features.shape[-1], cfg).to(device)
-    history = train(decoder, features, captions, cfg, seed)
-    overlaps = {n: cell_overlap(n, h, w).to(device) for n in levels}
+        decoder = Decoder(len(vocab), grids.channels, cfg).to(device)
+    history = train(decoder, grids, captions, cfg, seed, device, workers)
+    overlaps = {n: cell_overlap(n, *grids.size).to(device) for n in levels}
     pairs = []
     decoder.eval()
+    count = -(-len(grids) // cfg.batch_size)
+
+    def batch(i: int) -> torch.Tensor:
+        return grids.batch(np.arange(i * cfg.batch_size, min((i + 1) * cfg.batch_size, len(grids))))
+
     with torch.inference_mode(), stage("AAG alignment", len(split)) as advance:
-        for start in range(0, len(split), cfg.batch_size):
-            tokens, alphas = decoder.greedy(features[start : start + cfg.batch_size].float(), cfg.max_words)
+        for i, features in enumerate(prefetch(batch, range(count), workers, pin=device.type == "cuda")):
+            tokens, alphas = decoder.greedy(features.to(device, non_blocking=True).float(), cfg.max_words)
+            start = i * cfg.batch_size
             for row, (ids, maps) in enumerate(zip(tokens.tolist(), alphas, strict=True)):
                 pairs.append(align_words(ids, maps, vocab, descriptions[start + row], overlaps))
             advance(len(tokens))
@@ -279,66 +294,139 @@ def align_words(
     return [(word, n, cells[n][k]) for k, word in enumerate(maps) for n in overlaps]
 
 
+class GridFeatures:
+    """The encoder's feature maps of every example's box crop, in a sharded store, read in standardised batches.
+
+    Each channel is standardised over all cells of the split: the encoder's post-ReLU maps are sparse and small,
+    which leaves the additive attention scores nearly flat. The statistics come from the float32 maps, summed batch
+    by batch in the store's order as extraction wrote them (each shard keeps its batches' sums).
+    """
+
+    def __init__(self, store: ShardedStore) -> None:
+        self.store = store
+        moments = torch.zeros(2, store.arrays[GRID].shape[-1], dtype=torch.float64)
+        for shard in range(store.num_shards):
+            for batch in torch.from_numpy(store.read_extra(shard, MOMENTS)):
+                moments += batch
+        length = store.arrays[GRID].shape[0]
+        self.centre = moments[0] / store.rows / length
+        self.scale = (moments[1] / store.rows / length - self.centre.square()).clamp(min=1e-12).sqrt()
+        self.size = tuple(store.info["size"])
+
+    def __len__(self) -> int:
+        return self.store.rows
+
+    @property
+    def channels(self) -> int:
+        return int(self.store.arrays[GRID].shape[-1])
+
+    def batch(self, positions: np.ndarray) -> torch.Tensor:
+        """``(b, h*w, C)`` standardised float16 features of the examples at ``positions`` (float32 on the device)."""
+        raw = torch.from_numpy(self.store.read(GRID, positions))
+        return ((raw.double() - self.centre) / self.scale).to(torch.float16)
+
+
 @torch.inference_mode()
 def grid_features(
-    split: Split, boxes: np.ndarray, encoder: PatchEncoder, cfg: AlignmentConfig, device: torch.device
-) -> tuple[torch.Tensor, tuple[int, int]]:
-    """``(N, h*w, C)`` float16 feature maps of every example's box crop, and the map size ``(h, w)``.
+    split: Split,
+    boxes: np.ndarray,
+    encoder_name: str,
+    encoder: PatchEncoder,
+    cfg: AlignmentConfig,
+    device: torch.device,
+) -> GridFeatures:
+    """The feature maps of every example's box crop, extracted into their store shard by shard (resumable)."""
+    probe = encoder.feature_map(torch.zeros(1, 3, cfg.crop_size, cfg.crop_size, device=device))
+    channels, size = probe.shape[1], (probe.shape[2], probe.shape[3])
+    key = digest(
+        GRID_VERSION,
+        split.file_fingerprint,
+        rows_digest(split),
+        hashlib.sha256(boxes.tobytes()).hexdigest(),
+        encoder_name,
+        encoder.weights_id(),
+        cfg.crop_size,
+        cfg.batch_size,
+    )
+    root = cache_dir("aag-grids") / f"{split.path.stem}-{split.name}-{encoder_name}-{key}"
+    arrays = {GRID: ArraySpec((size[0] * size[1], channels), "float16")}
+    info = {"kind": "AAG grid features", "size": list(size), "crop_size": cfg.crop_size, "batch_size": cfg.batch_size}
+    shard_rows = cfg.batch_size * max(1, GRID_SHARD_ROWS // cfg.batch_size)  # whole batches: the moments' order
+    with FileLock(str(root.parent / f"{root.name}.lock")):
+        store = ShardedStore.create(root, len(split), shard_rows, arrays, info)
+        store.clean()
+        missing = store.missing()
+        rows = split.meta["row"].to_numpy()
+        with stage("AAG features", sum(len(store.shard_span(k)) for k in missing)) as advance:
+            for shard in missing:
+                span = store.shard_span(shard)
+                with h5py.File(split.path, "r") as f, store.shard_writer(shard) as writer:
+                    moments = []
+                    for start in range(span.start, span.stop, cfg.batch_size):
+                        positions = np.arange(start, min(start + cfg.batch_size, span.stop))
+                        cells = box_feature_maps(f[IMAGE_KEY], rows[positions], boxes[positions], encoder, cfg, device)
+                        moments.append(torch.stack([cells.sum((0, 1)), cells.square().sum((0, 1))]).double().cpu())
+                        writer.append({GRID: cells.to(torch.float16).cpu().numpy()})
+                        advance(len(positions))
+                    writer.save(MOMENTS, torch.stack(moments).numpy())
+    return GridFeatures(store)
 
-    Each channel is standardised over all cells of the split: the encoder's post-ReLU maps are sparse and
-    small, which leaves the additive attention scores nearly flat.
-    """
+
+def box_feature_maps(
+    images: h5py.Dataset,
+    rows: np.ndarray,
+    boxes: np.ndarray,
+    encoder: PatchEncoder,
+    cfg: AlignmentConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """``(B, h*w, C)`` float32 feature maps of the ``(B, 4)`` box crops of the images at file ``rows``."""
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    rows = split.meta["row"].to_numpy()
-    chunks, moments = [], torch.zeros(2, encoder.out_dim, dtype=torch.float64, device=device)
-    with h5py.File(split.path, "r") as f, stage("AAG features", len(split)) as advance:
-        for start in range(0, len(split), cfg.batch_size):
-            positions = np.arange(start, min(start + cfg.batch_size, len(split)))
-            x = torch.from_numpy(read_rows(f[IMAGE_KEY], rows[positions])).to(device).permute(0, 3, 1, 2)
-            x = x.float().div_(255)
-            crops = [
-                resize(img[None, :, y1:y2, x1:x2], cfg.crop_size)
-                for img, (x1, y1, x2, y2) in zip(x, boxes[positions].tolist(), strict=True)
-            ]
-            maps = encoder.feature_map((torch.cat(crops) - mean) / std)
-            cells = maps.flatten(2).transpose(1, 2)  # (B, h*w, C)
-            moments += torch.stack([cells.sum((0, 1)), cells.square().sum((0, 1))]).double()
-            chunks.append(cells.to(torch.float16))
-            advance(len(positions))
-    features = torch.cat(chunks)
-    centre = moments[0] / features.shape[0] / features.shape[1]
-    scale = (moments[1] / features.shape[0] / features.shape[1] - centre.square()).clamp(min=1e-12).sqrt()
-    for chunk in features.split(cfg.batch_size):  # in place, a batch at a time
-        chunk.copy_((chunk.double() - centre) / scale)
-    return features, (maps.shape[-2], maps.shape[-1])
+    x = torch.from_numpy(read_rows(images, rows)).to(device).permute(0, 3, 1, 2).float().div_(255)
+    crops = [
+        resize(img[None, :, y1:y2, x1:x2], cfg.crop_size)
+        for img, (x1, y1, x2, y2) in zip(x, boxes.tolist(), strict=True)
+    ]
+    maps = encoder.feature_map((torch.cat(crops) - mean) / std)
+    return maps.flatten(2).transpose(1, 2)
 
 
 def train(
-    decoder: Decoder, features: torch.Tensor, captions: torch.Tensor, cfg: AlignmentConfig, seed: int
+    decoder: Decoder,
+    grids: GridFeatures,
+    captions: torch.Tensor,
+    cfg: AlignmentConfig,
+    seed: int,
+    device: torch.device,
+    workers: int = 0,
 ) -> list[dict[str, float]]:
     """Teacher-forced Adam training for ``cfg.epochs`` (fractions allowed); per-epoch means of the losses.
 
     The objective is SAT's per caption: the summed word negative log-likelihood plus the attention regulariser
     (averaging the likelihood over words instead would weigh the regulariser some 20 times more and flatten the
-    attention). ``loss`` is reported per word, ``attention_loss`` per caption.
+    attention). ``loss`` is reported per word, ``attention_loss`` per caption. Batches are read from the grid
+    store by ``workers`` processes ahead of the step.
     """
-    n = len(features)
+    n = len(grids)
     per_epoch = math.ceil(n / cfg.batch_size)
     steps = max(1, round(cfg.epochs * per_epoch))
     generator = torch.Generator().manual_seed(seed)
+    orders = [torch.randperm(n, generator=generator) for _ in range(math.ceil(steps / per_epoch))]
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = orders[step // per_epoch][(step % per_epoch) * cfg.batch_size :][: cfg.batch_size]
+        caps = captions[chosen]
+        return grids.batch(chosen.numpy()), caps[:, : int((caps != PAD_ID).sum(1).max())]  # no all-padding tail
+
     optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.lr)
     decoder.train()
     history: list[dict[str, float]] = []
     sums = torch.zeros(2)
     with stage("AAG captioner training", steps) as advance:
-        for step in range(steps):
-            if step % per_epoch == 0:
-                order = torch.randperm(n, generator=generator).to(features.device)
-            batch = order[(step % per_epoch) * cfg.batch_size :][: cfg.batch_size]
-            caps = captions[batch]
-            caps = caps[:, : int((caps != PAD_ID).sum(1).max())]  # drop the all-padding tail
-            logits, alphas = decoder(features[batch].float(), caps)
+        for step, (features, caps) in enumerate(prefetch(batch, range(steps), workers, pin=device.type == "cuda")):
+            features, caps = features.to(device, non_blocking=True).float(), caps.to(device, non_blocking=True)
+            logits, alphas = decoder(features, caps)
             targets = caps[:, 1:]
             mask = (targets != PAD_ID).float()
             nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID, reduction="sum")

@@ -23,7 +23,7 @@ from kbench.kaleido.akpm import (
     draw,
     gather_cells,
     jigsaw,
-    replace_cells,
+    put_cells,
     rotate,
 )
 from kbench.masking import apply_token_mask
@@ -59,7 +59,8 @@ def index_words(
 
 
 class KaleidoCollator:
-    """Builds the AMLM, ITM and AKPM inputs and targets of a batch of (possibly mismatched) pairs."""
+    """Builds the AMLM, ITM and AKPM inputs and targets of a batch of (possibly mismatched) pairs; RR and G2CM take
+    the rotated and grey views that the batch carries (``view_rotated``, ``view_grey``)."""
 
     def __init__(
         self,
@@ -70,7 +71,6 @@ class KaleidoCollator:
     ) -> None:
         self.config = config
         self.mask_token_id = tokenizer.mask_token_id
-        self.data = data
         scheme = get_scheme(config.patch_scheme)
         self.slices = dict(zip(scheme.levels, scheme.level_slices(), strict=True))
         self.tasks = config.pretext_tasks
@@ -82,6 +82,7 @@ class KaleidoCollator:
         images = batch.pop("image_positions").numpy()
         texts = batch.pop("text_positions").numpy()
         word_ids = batch.pop("word_ids")
+        views = {name: batch.pop(f"view_{name}", None) for name in ("rotated", "grey")}
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
         chosen, cells = self.plan(texts, word_ids, rng)
         batch["input_ids"], batch["mlm_labels"] = apply_token_mask(
@@ -93,7 +94,7 @@ class KaleidoCollator:
         if "rr" in self.tasks:
             part = self.slices[1]
             batch["rr_labels"] = draw(generator, NUM_ROTATIONS, n)
-            feats[:, part] = rotate(clean[:, part], self.data.features.view("rotated", images), batch["rr_labels"])
+            feats[:, part] = rotate(clean[:, part], views["rotated"], batch["rr_labels"])
         if "jps" in self.tasks:
             part = self.slices[2]
             batch["jps_labels"] = draw(generator, len(PERMUTATIONS), n)
@@ -103,17 +104,17 @@ class KaleidoCollator:
             sources = camouflage_sources(self.product_ids[images], rng)
             source_cells = torch.from_numpy(rng.integers(9, size=n))
             decoy = clean[:, part][torch.from_numpy(sources), source_cells][:, None]
-            feats[:, part] = replace_cells(feats[:, part], cells[3], decoy)
+            put_cells(feats[:, part], cells[3], decoy)
             batch["cp_labels"] = cells[3][:, 0]
         if "g2cm" in self.tasks:
             part = self.slices[4]
             batch["grey_cells"], batch["grey_targets"] = cells[4], gather_cells(clean[:, part], cells[4])
-            grey = gather_cells(self.data.features.view("grey", images), cells[4])
-            feats[:, part] = replace_cells(feats[:, part], cells[4], grey)
+            grey = gather_cells(views["grey"], cells[4])
+            put_cells(feats[:, part], cells[4], grey)
         if "b2cm" in self.tasks:
             part = self.slices[5]
             batch["blank_cells"], batch["blank_targets"] = cells[5], gather_cells(clean[:, part], cells[5])
-            feats[:, part] = replace_cells(feats[:, part], cells[5], torch.zeros_like(batch["blank_targets"]))
+            put_cells(feats[:, part], cells[5], torch.zeros_like(batch["blank_targets"]))
         batch["patch_features"] = feats
         return batch
 

@@ -33,13 +33,14 @@ def alignments(trial: Trial) -> Alignments:
         return load_alignments(
             train.split,
             train.features.example_boxes(),
-            train.features.store,
+            train.features.name,
             alignment_levels(trial),
             cfg.features.encoder,
             cfg.features.weights,
             cfg.aag,
             trial.device,
             trial.spec.seed,
+            cfg.runtime.loader_workers,
         )
 
     return trial.memo("aag", make)

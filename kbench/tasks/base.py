@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from kbench.batches import to_device
 from kbench.config import OptimConfig
+from kbench.loader import FINETUNE_DRAWS, FINETUNE_ORDER, epoch_order, prefetch, step_rng
 from kbench.tasks.card import TaskCard
 from kbench.training import StepFn, fit
 from kbench.trial import Trial
@@ -64,21 +66,22 @@ class Task(ABC):
         evaluate: Callable[[], dict[str, float]] | None = None,
     ) -> list[dict[str, float]]:
         """Fine-tune ``module`` for the recipe's epochs over shuffled training examples; return the curves.
-        With ``on_epoch``, ``evaluate()`` runs after every epoch and its metrics go to ``on_epoch``."""
+        ``make_batch(positions, rng)`` builds a batch on the CPU, drawing from a generator of its step alone. With
+        ``on_epoch``, ``evaluate()`` runs after every epoch and its metrics go to ``on_epoch``."""
         recipe = recipe or self.recipe
         n = len(trial.data("train"))
-        rng = np.random.default_rng(trial.spec.seed)
-        steps_per_epoch = max(1, n // recipe.batch_size)
+        seed, size = trial.spec.seed, recipe.batch_size
+        steps_per_epoch = max(1, n // size)
 
-        def batches(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
-            order = rng.permutation(n)
-            for i in range(steps_per_epoch):
-                yield make_batch(order[i * recipe.batch_size : (i + 1) * recipe.batch_size], rng)
+        def batch(step: int) -> dict[str, torch.Tensor]:
+            epoch, i = divmod(step, steps_per_epoch)
+            positions = epoch_order(seed, FINETUNE_ORDER, epoch, n)[i * size : (i + 1) * size].copy()
+            return make_batch(positions, step_rng(seed, FINETUNE_DRAWS, step))
 
         runtime = trial.cfg.runtime
         return fit(
             module,
-            batches,
+            batch,
             steps_per_epoch,
             recipe,
             step,
@@ -86,8 +89,14 @@ class Task(ABC):
             runtime.precision,
             description or self.name,
             (lambda epoch: on_epoch(epoch, evaluate())) if on_epoch and evaluate else None,
+            workers=runtime.loader_workers,
         )
 
 
-def on_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def eval_batches(
+    trial: Trial, make_batch: Callable[[int], dict[str, torch.Tensor]], count: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """``make_batch(0) .. make_batch(count - 1)``, built ahead by the trial's loader workers, on its device."""
+    pin = trial.device.type == "cuda"
+    for batch in prefetch(make_batch, range(count), trial.cfg.runtime.loader_workers, pin):
+        yield to_device(batch, trial.device)

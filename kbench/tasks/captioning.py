@@ -18,7 +18,7 @@ import torch
 from kbench.batches import ModelData, model_inputs
 from kbench.metrics import caption_scores
 from kbench.progress import stage
-from kbench.tasks.base import EpochHook, Task, TaskResult
+from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
@@ -46,7 +46,7 @@ class CaptioningTask(Task):
         mask_id = trial.tokenizer.mask_token_id
 
         def make_batch(positions: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-            batch = model_inputs(train.inputs(positions, positions), torch.device("cpu"))
+            batch = model_inputs(train.inputs(positions, positions))
             ids = batch["input_ids"]
             share = torch.from_numpy(rng.uniform(self.options.mask_min, 1.0, size=(len(ids), 1))).float()
             noise = torch.from_numpy(rng.random(ids.shape)).float()
@@ -57,7 +57,7 @@ class CaptioningTask(Task):
             batch["where"] = chosen
             batch["input_ids"] = ids.masked_fill(chosen, mask_id)
             batch["attention_mask"] = torch.ones_like(ids)
-            return {k: v.to(trial.device) for k, v in batch.items()}
+            return batch
 
         def step(batch: dict[str, torch.Tensor]):
             labels = batch.pop("labels")
@@ -100,11 +100,15 @@ class CaptioningTask(Task):
         size = trial.cfg.runtime.eval_batch_size
         model.eval()
         captions: list[str] = []
+
+        def make_batch(i: int) -> dict[str, torch.Tensor]:
+            part = positions[i * size : (i + 1) * size]
+            return model_inputs(test.inputs(part, part))
+
         with stage(f"{self.name} generate", len(positions)) as advance:
-            for start in range(0, len(positions), size):
-                part = positions[start : start + size]
-                batch = model_inputs(test.inputs(part, part), trial.device)
-                ids = torch.full((len(part), length), tok.mask_token_id, device=trial.device)
+            for batch in eval_batches(trial, make_batch, -(-len(positions) // size)):
+                n = len(batch["input_ids"])
+                ids = torch.full((n, length), tok.mask_token_id, device=trial.device)
                 ids[:, 0] = tok.cls_token_id
                 batch["attention_mask"] = torch.ones_like(ids)
                 confidence = torch.zeros(ids.shape, device=trial.device)
@@ -119,7 +123,7 @@ class CaptioningTask(Task):
                         lowest = confidence[:, 1:].topk(remask, dim=1, largest=False).indices + 1
                         ids.scatter_(1, lowest, tok.mask_token_id)
                 captions += [self.decode(row, tok) for row in ids.tolist()]
-                advance(len(part))
+                advance(n)
         return captions
 
     @staticmethod

@@ -14,7 +14,7 @@ from kbench.batches import ModelData, model_inputs
 from kbench.errors import KbenchError
 from kbench.metrics import classification_scores
 from kbench.progress import stage
-from kbench.tasks.base import EpochHook, Task, TaskResult
+from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
@@ -63,8 +63,8 @@ class ClassificationTask(Task):
         classifier = Classifier(copy.deepcopy(pretrained), len(labels)).to(trial.device)
 
         def make_batch(positions: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-            batch = model_inputs(train.inputs(positions, positions), trial.device)
-            batch["labels"] = y_train[positions].to(trial.device)
+            batch = model_inputs(train.inputs(positions, positions))
+            batch["labels"] = y_train[positions]
             return batch
 
         def step(batch: dict[str, torch.Tensor]):
@@ -101,10 +101,13 @@ class ClassificationTask(Task):
         classifier.eval()
         size = trial.cfg.runtime.eval_batch_size
         out = []
+
+        def make_batch(i: int) -> dict[str, torch.Tensor]:
+            positions = np.arange(i * size, min((i + 1) * size, len(test)))
+            return model_inputs(test.inputs(positions, positions))
+
         with stage(f"{self.name} predict", len(test)) as advance:
-            for start in range(0, len(test), size):
-                positions = np.arange(start, min(start + size, len(test)))
-                logits = classifier(**model_inputs(test.inputs(positions, positions), trial.device))
-                out.append(logits.argmax(-1).cpu().numpy())
-                advance(len(positions))
+            for batch in eval_batches(trial, make_batch, -(-len(test) // size)):
+                out.append(classifier(**batch).argmax(-1).cpu().numpy())
+                advance(len(out[-1]))
         return np.concatenate(out)

@@ -16,7 +16,7 @@ from kbench.metrics import rank_at_k
 from kbench.metrics.retrieval import TIES
 from kbench.progress import stage
 from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists, FullGallery
-from kbench.tasks.base import EpochHook, Task, TaskResult
+from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
@@ -98,8 +98,8 @@ class RetrievalTask(Task):
 
         def make_batch(images: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
             texts, labels = sampler.sample(images, self.options.negative_rate, rng)
-            batch = model_inputs(train.inputs(images, texts), trial.device)
-            batch["labels"] = torch.from_numpy(labels).to(trial.device)
+            batch = model_inputs(train.inputs(images, texts))
+            batch["labels"] = torch.from_numpy(labels)
             return batch
 
         def step(batch: dict[str, torch.Tensor]):
@@ -109,8 +109,8 @@ class RetrievalTask(Task):
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == labels).float().mean()}
 
         def matched_batch(images: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-            batch = model_inputs(train.inputs(images, images), trial.device)
-            batch["itm_labels"] = torch.ones(len(images), dtype=torch.long, device=trial.device)
+            batch = model_inputs(train.inputs(images, images))
+            batch["itm_labels"] = torch.ones(len(images), dtype=torch.long)
             return batch
 
         def contrastive_step(batch: dict[str, torch.Tensor]):
@@ -143,10 +143,14 @@ class RetrievalTask(Task):
         out = np.empty(len(images), dtype=np.float32)
         size = trial.cfg.runtime.eval_batch_size
         model.eval()
+
+        def make_batch(i: int) -> dict[str, torch.Tensor]:
+            part = slice(i * size, (i + 1) * size)
+            return model_inputs(test.inputs(images[part], texts[part]))
+
         with stage(description, len(images)) as advance:
-            for start in range(0, len(images), size):
-                part = slice(start, start + size)
-                batch = model_inputs(test.inputs(images[part], texts[part]), trial.device)
+            for i, batch in enumerate(eval_batches(trial, make_batch, -(-len(images) // size))):
+                part = slice(i * size, (i + 1) * size)
                 out[part] = model.itm_logits(**batch)[:, 1].float().cpu().numpy()
                 advance(len(out[part]))
         return out.reshape(n_queries, n_candidates)
@@ -160,13 +164,16 @@ class RetrievalTask(Task):
         model.eval()
         size = trial.cfg.runtime.eval_batch_size
         images, texts = [], []
+
+        def make_batch(i: int) -> dict[str, torch.Tensor]:
+            positions = np.arange(i * size, min((i + 1) * size, len(test)))
+            return model_inputs(test.inputs(positions, positions))
+
         with stage(f"{self.name} embed", len(test)) as advance:
-            for start in range(0, len(test), size):
-                positions = np.arange(start, min(start + size, len(test)))
-                batch = model_inputs(test.inputs(positions, positions), trial.device)
+            for batch in eval_batches(trial, make_batch, -(-len(test) // size)):
                 images.append(model.embed_images(batch["patch_features"], batch["patch_locations"]).float())
                 texts.append(model.embed_texts(batch["input_ids"], batch["attention_mask"]).float())
-                advance(len(positions))
+                advance(len(batch["input_ids"]))
         query, candidates = map(torch.from_numpy, list_positions(test, lists))
         image, text = torch.cat(images), torch.cat(texts)
         if self.options.query == IMAGE_QUERY:
