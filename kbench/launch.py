@@ -26,6 +26,8 @@ from kbench.progress import bar_columns
 from kbench.tracking import Tracking
 from kbench.trial import TrialSpec
 
+log = logging.getLogger(__name__)
+
 # Progress reports; not "done", which Tune reads as "the trial has finished".
 STAGE, COMPLETED, TOTAL = "progress/stage", "progress/completed", "progress/total"
 
@@ -65,8 +67,8 @@ def launch(
     ray_address: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
-    workers = base.pretrain.workers
-    with ray_session(base, ray_address):
+    with ray_session(base, ray_address) as base:
+        workers = base.pretrain.workers
         prepare_features(base, specs, ("train", "test"))
         resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
         trainable = tune.with_resources(
@@ -123,9 +125,11 @@ def concurrency(base: Config) -> int:
 
 
 @contextmanager
-def ray_session(base: Config, ray_address: str | None) -> Iterator[None]:
+def ray_session(base: Config, ray_address: str | None) -> Iterator[Config]:
     """Ray for one invocation: the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else a local Ray with this
-    machine's CPUs (at least one trial's worth); shut down on the way out."""
+    machine's CPUs (at least one trial's worth); shut down on the way out. Yields ``base`` with the resources it
+    can have: on a machine without GPUs a local Ray runs GPU-asking trials on the CPU (with a warning) rather than
+    waiting forever; a cluster without GPUs is an error."""
     address = ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=True, configure_logging=False)
@@ -138,9 +142,24 @@ def ray_session(base: Config, ray_address: str | None) -> Iterator[None]:
             _temp_dir=ray_temp_dir(),
         )
     try:
-        yield
+        yield fitted_resources(base, bool(address))
     finally:
         ray.shutdown()
+
+
+def fitted_resources(base: Config, cluster: bool) -> Config:
+    """``base``, or a copy asking for no GPUs when it asks for some and this machine has none (a cluster: error)."""
+    if base.runtime.gpus_per_trial <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
+        return base
+    if cluster:
+        raise KbenchError(
+            f"the Ray cluster has no GPUs but runtime.gpus_per_trial={base.runtime.gpus_per_trial:g}; "
+            "add GPU nodes or run with --gpus-per-trial 0"
+        )
+    log.warning(
+        "no GPU on this machine: the %s profile's trials run on the CPU (--gpus-per-trial 0 says so)", base.profile
+    )
+    return dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, gpus_per_trial=0.0))
 
 
 def _label(config: dict[str, Any]) -> str:

@@ -159,7 +159,7 @@ def search(
     ray_address: str | None,
 ) -> tune.ResultGrid:
     """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the dev ``metric``."""
-    with ray_session(cfg, ray_address):
+    with ray_session(cfg, ray_address) as cfg:
         prepare_features(cfg, [spec], ("train", "dev"))
         resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
         trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)

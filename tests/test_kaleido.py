@@ -15,7 +15,7 @@ from transformers import BertModel
 from kbench.batches import ModelData, to_device
 from kbench.data.splits import Split
 from kbench.errors import KbenchError
-from kbench.features import features_from_arrays
+from kbench.features import Patching, features_from_arrays
 from kbench.kaleido.agm import PATCH_BUDGETS, plan_masks, text_budget
 from kbench.kaleido.akpm import (
     AKPM_VARIANTS,
@@ -31,7 +31,7 @@ from kbench.kaleido.collator import KaleidoCollator, index_words
 from kbench.kaleido.kpg import kpg_patching
 from kbench.kaleido.model import KaleidoBertConfig, KaleidoBertForPreTraining
 from kbench.losses import feature_kl
-from kbench.patches import KALEIDO
+from kbench.patches import KALEIDO, get_scheme
 from kbench.paths import cache_dir
 from kbench.text import bundled_checkpoint, load_tokenizer, tokenize
 from kbench.zoo import MODELS, build_model, check_options
@@ -207,9 +207,8 @@ def test_collator_corrupts_each_level_as_its_labels_say() -> None:
     s1, s2, s3, s4, s5 = KALEIDO.level_slices()
     rr = batch["rr_labels"]
     for i in range(len(images)):
-        expected = (
-            clean[i, s1][0] if rr[i] == 0 else data.features.view("rotated", images[i : i + 1].numpy())[0][rr[i] - 1].float()
-        )
+        rotated = data.features.view("rotated", images[i : i + 1].numpy())[0].float()
+        expected = clean[i, s1][0] if rr[i] == 0 else rotated[rr[i] - 1]
         assert torch.equal(feats[i, s1][0], expected)
     assert torch.equal(unjigsaw(feats[:, s2], batch["jps_labels"]), clean[:, s2])
     changed = (feats[:, s3] != clean[:, s3]).any(-1)
@@ -285,9 +284,11 @@ def test_sigmoid_itm_head_scores_like_a_sigmoid() -> None:
 def test_scale_fixed_has_no_level_tasks_and_options_are_checked() -> None:
     config = KaleidoBertConfig(kpg="scale-fixed", visual_feature_size=D, **SIZES)
     assert config.patch_scheme == "grid-8" and config.pretext_tasks == ()
-    assert KaleidoBertForPreTraining.patching(config).saliency is None
+    assert KaleidoBertForPreTraining.patching(config) == Patching(get_scheme("grid-8"))  # the baselines' store
     full = KaleidoBertForPreTraining.patching(KaleidoBertConfig())
     assert full.scheme is KALEIDO and full.saliency == "border-contrast" and full.akpm_views
+    # every AKPM variant reads the one training store, views included
+    assert KaleidoBertForPreTraining.patching(KaleidoBertConfig(akpm="B")) == full
     assert kpg_patching("kaleido", "border-contrast", False).saliency is None
     check_options("kaleido", {"kpg": "kaleido", "akpm": "B+V", "agm": "random"})
     for options, message in (

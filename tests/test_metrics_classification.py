@@ -38,6 +38,16 @@ def test_hand_computed_absent_label_lowers_macro_f_only() -> None:
     assert classification_scores([0, 0, 1, 1], [0, 0, 1, 0])["macro_f"] == pytest.approx((f0 + f1) / 2)
 
 
+def test_a_test_label_unseen_in_training_is_an_error() -> None:
+    """Hand-computed: the unseen example (-1) is wrong, a false positive of class 1 it was called, and a class of
+    its own with F1 0 among the present ones."""
+    got = classification_scores([0, 1, 1, -1], [0, 1, 1, 1], labels=[0, 1], unseen=-1)
+    f0, f1 = 1.0, 0.8  # class 1: P 2/3, R 1
+    assert got == pytest.approx({"acc": 75.0, "macro_f": (f0 + f1) / 2, "macro_f_present": (f0 + f1 + 0) / 3})
+    with pytest.raises(ValueError, match=r"y_true holds labels not in labels: \[-1\]"):
+        classification_scores([0, 1, 1, -1], [0, 1, 1, 1], labels=[0, 1])  # undeclared: a bug, not data
+
+
 def test_torch_inputs_and_string_labels() -> None:
     expected = classification_scores([2, 1, 1, 0], [2, 1, 0, 0], labels=range(4))
     assert classification_scores(torch.tensor([2, 1, 1, 0]), torch.tensor([2, 1, 0, 0]), range(4)) == expected

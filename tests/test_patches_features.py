@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -15,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kbench import extraction
 from kbench.config import DataConfig, FeatureConfig, RuntimeConfig
 from kbench.data.fashiongen import read_splits
 from kbench.encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ResNet50, SmallCNN, build_encoder
@@ -23,6 +25,7 @@ from kbench.extraction import extract_with_ray, load_features
 from kbench.features import Patching, store_root
 from kbench.launch import ray_temp_dir
 from kbench.patches import KALEIDO, get_scheme, locations
+from kbench.paths import cache_dir
 from kbench.store import ArraySpec, ShardedStore
 
 
@@ -275,3 +278,19 @@ def test_locked_kaleido_store_with_akpm_views(tiny_fashiongen: Path) -> None:
         np.testing.assert_allclose(locs[i].numpy(), expected, rtol=1e-6)
     with pytest.raises(KbenchError, match="has no 'nope' view"):
         feats.view("nope", positions)
+
+
+def test_stores_of_the_old_format_are_named_and_never_read(
+    tiny_fashiongen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cache from before sharded stores holds one HDF5 file per data file: it is left alone, said once, and the
+    features are extracted again."""
+    monkeypatch.setenv("KBENCH_HOME", str(tmp_path))
+    monkeypatch.setattr(extraction, "_warned_old_format", False)
+    data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
+    old = cache_dir("features") / "fashiongen_256_256_validation-grid-4-small-cnn-0123456789abcdef.h5"
+    old.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(1000))
+    with caplog.at_level(logging.WARNING, logger="kbench.extraction"):
+        feats = load_features(data.test, Patching(get_scheme("grid-4")), FeatureConfig(), torch.device("cpu"))
+    assert "1 feature stores of an older kbench" in caplog.text and "are no longer read" in caplog.text
+    assert feats.store.complete and old.read_bytes()[:4] == b"\x89HDF"

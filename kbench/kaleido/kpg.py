@@ -22,7 +22,9 @@ def check_kpg(name: str) -> None:
 
 
 def kpg_patching(name: str, saliency: str, akpm_views: bool) -> Patching:
-    """The feature-store patching of KPG variant ``name``; ``saliency`` names the detector that locks the box."""
+    """The feature-store patching of KPG variant ``name``; ``saliency`` names the detector that locks the box.
+    The 8x8 grid has no levels to take AKPM views of, so ``scale-fixed`` shares the baselines' ``grid-8`` store."""
     check_kpg(name)
-    scheme = get_scheme(SCALE_FIXED_GRID) if name == "scale-fixed" else KALEIDO
-    return Patching(scheme, saliency if name == "kaleido+sod" else None, akpm_views)
+    if name == "scale-fixed":
+        return Patching(get_scheme(SCALE_FIXED_GRID))
+    return Patching(KALEIDO, saliency if name == "kaleido+sod" else None, akpm_views)

@@ -19,6 +19,7 @@ from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
 LABEL_FIELDS = ("category", "subcategory")
+UNSEEN = -1  # the code of a test label the training split never had
 
 
 @dataclass
@@ -76,12 +77,12 @@ class ClassificationTask(Task):
         y_true, label_codes = self.codes(test, code), list(range(len(labels)))
 
         def evaluate() -> dict[str, float]:
-            return classification_scores(y_true, self.predict(trial, classifier, test), labels=label_codes)
+            return classification_scores(y_true, self.predict(trial, classifier, test), label_codes, UNSEEN)
 
         curves = self.train(trial, classifier, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
         y_pred = self.predict(trial, classifier, test)
-        scores = classification_scores(y_true, y_pred, labels=label_codes)
-        unseen = int((y_true < 0).sum())
+        scores = classification_scores(y_true, y_pred, label_codes, UNSEEN)
+        unseen = int((y_true == UNSEEN).sum())
         names = [*labels, "(unseen in training)"] if unseen else labels  # code -1 indexes the last name
         matrix = pd.crosstab(
             pd.Categorical([names[i] for i in y_true], categories=names),
@@ -93,8 +94,8 @@ class ClassificationTask(Task):
         return TaskResult(scores, {f"confusion_{self.name}.csv": matrix.to_csv()}, curves)
 
     def codes(self, data: ModelData, code: dict[str, int]) -> np.ndarray:
-        """Label index of each example; -1 for labels unseen in training (always counted as errors)."""
-        return np.asarray([code.get(v, -1) for v in data.split.meta[self.options.label]], dtype=np.int64)
+        """Label index of each example; ``UNSEEN`` for labels unseen in training (always counted as errors)."""
+        return np.asarray([code.get(v, UNSEEN) for v in data.split.meta[self.options.label]], dtype=np.int64)
 
     @torch.inference_mode()
     def predict(self, trial: Trial, classifier: Classifier, test: ModelData) -> np.ndarray:
