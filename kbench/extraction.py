@@ -42,6 +42,7 @@ from kbench.features import (
     view_crops,
 )
 from kbench.kaleido.saliency import build_detector
+from kbench.memory import peak_rss_mb, reset_peak
 from kbench.patches import locations
 from kbench.paths import cache_dir
 from kbench.progress import stage
@@ -111,8 +112,10 @@ def extract_shard(
             advance(len(raw))
 
 
-def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeConfig) -> None:
-    """Extract every missing shard of the stores of ``jobs`` as Ray tasks, at most ``cfg.workers`` at once.
+def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeConfig) -> dict[str, float]:
+    """Extract every missing shard of the stores of ``jobs`` as Ray tasks, at most ``cfg.workers`` at once; return
+    the wall time and the largest peak memory of a task (``time/extraction_s``, ``mem/extraction_peak_mb``), or
+    nothing when every store was complete.
 
     Needs a connected Ray; the stores go under ``KBENCH_HOME``, which on a cluster must be storage every node sees.
     """
@@ -129,7 +132,7 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
             store = _begin(root, split, patching, cfg, encoder)
             pending.extend((store, shard, (split, patching)) for shard in store.missing())
         if not pending:
-            return
+            return {}
         stores = {store.name for store, _, _ in pending}
         total = sum(len(store.shard_span(shard)) for store, shard, _ in pending)
         log.info(
@@ -142,7 +145,7 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
         task = ray.remote(_extract_task).options(
             num_cpus=runtime.cpus_per_trial, num_gpus=1 if runtime.gpus_per_trial > 0 else 0
         )
-        started, done_rows = time.monotonic(), 0
+        started, done_rows, peak = time.monotonic(), 0, 0.0
         in_flight: dict = {}
         with stage(f"features ({len(stores)} stores)", total) as advance:
             while pending or in_flight:
@@ -155,7 +158,7 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 store, shard = in_flight.pop(ready[0])
                 try:
-                    ray.get(ready[0])
+                    peak = max(peak, ray.get(ready[0]))
                 except ray.exceptions.RayTaskError as exc:
                     raise KbenchError(f"extracting shard {shard} of {store.name} failed: {exc.cause}") from None
                 rows = len(store.shard_span(shard))
@@ -172,19 +175,21 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
                     rate,
                     (total - done_rows) / rate,
                 )
+        return {"time/extraction_s": time.monotonic() - started, "mem/extraction_peak_mb": round(peak, 1)}
 
 
 def _extract_task(
     root: str, shard: int, data_path: str, rows: np.ndarray, patching: Patching, cfg: FeatureConfig, device: str
-) -> int:
-    """One Ray task: extract and commit one shard of the store at ``root``."""
+) -> float:
+    """One Ray task: extract and commit one shard of the store at ``root``; its peak resident set in MiB."""
     from kbench.training import resolve_device
 
+    reset_peak()
     target = resolve_device(device)
     encoder = build_encoder(cfg.encoder, cfg.weights).to(target)
     store = ShardedStore.open(Path(root))
     extract_shard(store, shard, Path(data_path), rows, patching, encoder, cfg, target)
-    return shard
+    return peak_rss_mb()
 
 
 def _unique(jobs: Iterable[Job], cfg: FeatureConfig, encoder_id: str) -> list[Job]:

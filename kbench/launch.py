@@ -23,7 +23,7 @@ from kbench.config import Config
 from kbench.errors import KbenchError
 from kbench.paths import cache_dir
 from kbench.progress import bar_columns
-from kbench.tracking import Tracking
+from kbench.tracking import Tracking, log_metrics
 from kbench.trial import TrialSpec
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ def launch(
     """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
     with ray_session(base, ray_address) as base:
         workers = base.pretrain.workers
-        prepare_features(base, specs, ("train", "test"))
+        extraction = prepare_features(base, specs, ("train", "test"))
+        if extraction and tracking.parent_run_id:
+            log_metrics(tracking.client(), tracking.parent_run_id, extraction)
         resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
@@ -102,13 +104,14 @@ def launch(
     }
 
 
-def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ...]) -> None:
-    """Extract, as Ray tasks, every feature store the trials of ``specs`` read from ``splits``, before they start."""
+def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ...]) -> dict[str, float]:
+    """Extract, as Ray tasks, every feature store the trials of ``specs`` read from ``splits``, before they start;
+    the extraction's time and peak memory, for the invocation's run."""
     from kbench.extraction import extract_with_ray
     from kbench.trial import Trial
 
     jobs = [job for spec in specs for job in Trial(spec, base).feature_jobs(splits)]
-    extract_with_ray(jobs, base.features, base.runtime)
+    return extract_with_ray(jobs, base.features, base.runtime)
 
 
 def trial_cpus(base: Config) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 T = TypeVar("T")
 
-PREFETCH = 4  # batches each worker keeps ready
+PREFETCH = 2  # batches each worker keeps ready (a paper-sized batch is some 80 MB)
 
 # Streams of random draws, so that one step's draws for one purpose never coincide with another's.
 PRETRAIN_ORDER, PRETRAIN_NEGATIVES, PRETRAIN_MASKS = 1, 2, 3
@@ -62,8 +63,9 @@ class _Steps(Dataset):
 
 def prefetch(make: Callable[[int], T], steps: Sequence[int], workers: int, pin: bool = False) -> Iterator[T]:
     """``make(step)`` for each of ``steps``, in order, built up to ``workers * PREFETCH`` steps ahead by ``workers``
-    processes (none: in this thread, as it is consumed); with ``pin``, in page-locked memory."""
-    workers = min(workers, len(steps))
+    processes (at most one per CPU this process may use; none: in this thread, as it is consumed); with ``pin``, in
+    page-locked memory."""
+    workers = min(workers, len(steps), usable_cpus())
     if workers < 1:
         return map(make, steps)
     loader = DataLoader(
@@ -76,6 +78,11 @@ def prefetch(make: Callable[[int], T], steps: Sequence[int], workers: int, pin: 
         multiprocessing_context=_context(),
     )
     return iter(loader)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _context() -> multiprocessing.context.BaseContext | None:

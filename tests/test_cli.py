@@ -146,6 +146,22 @@ def test_kaleido_logs_its_pretext_tasks_and_measurements(smoke_run: dict) -> Non
     assert 0 <= metrics["pretrain/jps_acc"] <= 1 and metrics["pretrain/b2cm_loss"] > 0
 
 
+def test_every_stage_logs_its_peak_memory(smoke_run: dict) -> None:
+    """Each trial stage's peak resident set, and the extraction's (Ray tasks, before the trials) on the parent run."""
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    for run in runs:
+        metrics = run.data.metrics
+        if "mlflow.parentRunId" in run.data.tags:
+            stages = ("data", "features", "prepare", "pretrain", "itr", "tir", "cr", "sub")
+            stages += () if run.data.tags["kbench.model"] == "clip" else ("fc",)
+            peaks = [metrics[f"mem/{stage}_peak_mb"] for stage in stages]
+            # a resident set of a CPU trial: more than the interpreter with torch, well under the machine
+            assert all(300 < peak < 8000 for peak in peaks), dict(zip(stages, peaks, strict=True))
+        else:
+            assert 100 < metrics["mem/extraction_peak_mb"] < 8000 and metrics["time/extraction_s"] > 0
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     capsys.readouterr()
     code = main(argv)
@@ -177,6 +193,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
             "data directory /nonexistent/dir does not exist",
         ),
         (["run", "--seeds", "0"], "--seeds must be at least 1"),
+        (["run", "--limit", "0"], "--limit must be at least 1 product"),
         (["table", "--main"], "no MLflow tracking store at"),
     ],
 )

@@ -12,12 +12,13 @@ from kbench.cli import main
 
 # Random initial weights must be asked for by name: the profile names a ResNet-50 file and bert-base-uncased.
 INITIAL = ["--set", "features.weights=random", "--set", "model.init_from=none"]
-# What only shortens the run, leaving every shape of the paper's configuration as it is: the smoke dataset's files
-# (already generated), smaller crops for the CPU-bound ResNet-50, and a few steps and queries per stage.
+# What only shortens the run, leaving every shape of the paper's configuration as it is: a SynthFashion of 64
+# products a split with one image each, smaller crops for the CPU-bound ResNet-50, a few steps and queries a stage.
 SHORT = [
-    "data.synth.products_train=160",
-    "data.synth.products_test=120",
-    "features.crop_size=64",
+    "data.synth.products_train=64",
+    "data.synth.products_test=64",
+    "data.synth.max_poses=1",
+    "features.crop_size=32",
     "aag.crop_size=64",
     "aag.epochs=1",
     "pretrain.batch_size=16",
@@ -25,8 +26,8 @@ SHORT = [
     "runtime.eval_batch_size=32",
     *(f"tasks.{t}.finetune.max_steps=1" for t in ("itr", "tir", "cr", "sub", "fc")),
     *(f"tasks.{t}.finetune.batch_size=8" for t in ("itr", "tir", "cr", "sub", "fc")),
-    "tasks.itr.queries=2",
-    "tasks.tir.queries=2",
+    "tasks.itr.queries=1",
+    "tasks.tir.queries=1",
     "tasks.itr.score_pretrained=false",
     "tasks.tir.score_pretrained=false",
     "tasks.fc.images=2",
