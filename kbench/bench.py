@@ -45,7 +45,8 @@ def run_bench(cfg: Config, model_name: str, out: Path) -> str:
     rows = [extraction(cfg, scheme, encoder, device)]
     seq_len = cfg.data.max_text_len + scheme.num_patches
     with tempfile.TemporaryDirectory(prefix="kbench-bench-") as tmp:
-        trial = SyntheticTrial(cfg, scheme.num_patches, encoder.out_dim, Path(tmp))
+        patching = model_cls.patching(model.config)
+        trial = SyntheticTrial(cfg, scheme.num_patches, encoder.out_dim, Path(tmp), patching.akpm_views)
         rows.append(pretraining(cfg, model, trial, device))
     rows.append(bare_bert(cfg, seq_len, device))
     rows.append(scoring(cfg, model, device, scheme.num_patches, encoder.out_dim))
@@ -87,15 +88,15 @@ def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:
 
 class SyntheticTrial:
     """Stands in for a trial when timing a pre-training step: random data of the profile's shapes in a store under
-    ``directory``, with the AKPM views but no AAG alignments (AGM then masks at random, at the same budgets and the
-    same cost)."""
+    ``directory``, with the AKPM views when the entry reads them but no AAG alignments (AGM then masks at random, at
+    the same budgets and the same cost)."""
 
-    def __init__(self, cfg: Config, patches: int, dim: int, directory: Path) -> None:
+    def __init__(self, cfg: Config, patches: int, dim: int, directory: Path, views: bool) -> None:
         n, text_len = cfg.pretrain.batch_size, cfg.data.max_text_len
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         batch = _random_batch(n, text_len, patches, dim, torch.device("cpu"))
         text = TokenizedText(batch["input_ids"], batch["attention_mask"], batch["word_ids"])
-        views = {"rotated": np.random.rand(n, 3, dim), "grey": np.random.rand(n, 16, dim)}
+        views = {"rotated": np.random.rand(n, 3, dim), "grey": np.random.rand(n, 16, dim)} if views else {}
         features = features_from_arrays(
             directory / "store",
             batch["patch_features"].numpy(),
@@ -118,7 +119,7 @@ class SyntheticTrial:
         n = len(self.train)
         images, texts = np.arange(n), np.arange(n)
         texts[1::2] -= 1  # every second image is shown its neighbour's text
-        batch = self.train.inputs(images, texts, views=True)
+        batch = self.train.inputs(images, texts, views=bool(self.train.features.views))
         batch["itm_labels"] = torch.from_numpy((images == texts).astype(np.int64))
         batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
         return batch
