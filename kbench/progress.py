@@ -12,10 +12,13 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 T = TypeVar("T")
 
@@ -30,11 +33,20 @@ def set_sink(sink: Sink | None) -> None:
     _sink = sink
 
 
+class RateColumn(ProgressColumn):
+    """Units per second of a stage (images/s of an extraction, steps/s of a training loop)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
+
+
 def bar_columns() -> tuple:
     return (
         TextColumn("{task.description:<34}"),
         BarColumn(bar_width=30),
         MofNCompleteColumn(),
+        RateColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
