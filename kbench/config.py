@@ -211,6 +211,8 @@ def load_config(
     cfg.profile = profile
     for item in overrides:
         apply_override(cfg, item)
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        raise KbenchError(f"--limit must be at least 1 product, got {cfg.data.limit}")
     return cfg
 
 
