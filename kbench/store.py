@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 STORE_FILE = "store.json"
 SHARD_PREFIX = "shard-"
-READ_THREADS = 4  # reads in flight per process: more queue depth than one, without thrashing a disk
+# Rows read at once per process. Random 256-row batches of a 36 GB store (cold cache) read at 189 MB/s with 1,
+# 348 with 4 and 556 with 16, the disk's sequential rate being 568: a deep queue is what random rows need.
+READ_THREADS = 16
 
 
 @dataclass(frozen=True)
