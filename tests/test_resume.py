@@ -85,7 +85,7 @@ def test_a_trial_killed_mid_pretraining_resumes_when_tune_restarts_it(tmp_path: 
             time.sleep(0.2)
             states = list(home.glob(f"checkpoints/*.resume/{STATE_FILE}"))
         assert states, "pre-training must have saved a training state"
-        for pid in trial_processes():
+        for pid in trial_processes(run.pid):
             os.kill(pid, signal.SIGKILL)
         assert run.wait(timeout=900) == 0, log.read_text()[-3000:]
     text = log.read_text()
@@ -109,14 +109,24 @@ def test_a_trial_killed_mid_pretraining_resumes_when_tune_restarts_it(tmp_path: 
     assert [r.info.status for r in runs].count("FINISHED") == 1
 
 
-def trial_processes() -> list[int]:
-    """Pids of the processes running a Ray Tune trial."""
-    pids = []
+def trial_processes(root: int) -> list[int]:
+    """Pids of the processes below ``root`` that run a Ray Tune trial (another Ray on this machine is left be)."""
+    parents, trials = {}, []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
                 if (entry / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
-                    pids.append(int(entry.name))
-            except OSError:
+                    trials.append(int(entry.name))
+            except (OSError, ValueError):
                 continue
-    return pids
+
+    def below_root(pid: int) -> bool:
+        while pid > 1:
+            if pid == root:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    return [pid for pid in trials if below_root(pid)]
