@@ -69,9 +69,7 @@ def launch(
     """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
     with ray_session(base, ray_address) as base:
         workers = base.pretrain.workers
-        extraction = prepare_features(base, specs, ("train", "test"))
-        if extraction and tracking.parent_run_id:
-            log_metrics(tracking.client(), tracking.parent_run_id, extraction)
+        prepare_features(base, specs, ("train", "test"), tracking)
         resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
         trainable = tune.with_resources(
             tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
@@ -104,14 +102,16 @@ def launch(
     }
 
 
-def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ...]) -> dict[str, float]:
+def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ...], tracking: Tracking) -> None:
     """Extract, as Ray tasks, every feature store the trials of ``specs`` read from ``splits``, before they start;
-    the extraction's time and peak memory, for the invocation's run."""
+    the extraction's time and peak memory go on the invocation's run."""
     from kbench.extraction import extract_with_ray
     from kbench.trial import Trial
 
     jobs = [job for spec in specs for job in Trial(spec, base).feature_jobs(splits)]
-    return extract_with_ray(jobs, base.features, base.runtime)
+    extraction = extract_with_ray(jobs, base.features, base.runtime)
+    if extraction and tracking.parent_run_id:
+        log_metrics(tracking.client(), tracking.parent_run_id, extraction)
 
 
 def trial_cpus(base: Config) -> int:

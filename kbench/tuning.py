@@ -160,9 +160,7 @@ def search(
 ) -> tune.ResultGrid:
     """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the dev ``metric``."""
     with ray_session(cfg, ray_address) as cfg:
-        extraction = prepare_features(cfg, [spec], ("train", "dev"))
-        if extraction and tracking.parent_run_id:
-            log_metrics(tracking.client(), tracking.parent_run_id, extraction)
+        prepare_features(cfg, [spec], ("train", "dev"), tracking)
         resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
         trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)
         scheduler = ASHAScheduler(time_attr=EPOCH, max_t=max(space["epochs"].categories), reduction_factor=2)
