@@ -204,6 +204,10 @@ def run_scale_bench(cfg: Config, rows: int, directory: Path, keep: bool, out: Pa
     """``kbench bench --scale``: measure, write the figures as JSON to ``out`` and return them as a table."""
     if rows < 1:
         raise KbenchError(f"--scale needs at least one row, got {rows}")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise KbenchError(f"--dir {directory}: cannot create it ({exc.strerror})") from None
     report = scale_bench(cfg, rows, directory, keep)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=1))

@@ -194,6 +194,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
         ),
         (["run", "--seeds", "0"], "--seeds must be at least 1"),
         (["run", "--limit", "0"], "--limit must be at least 1 product"),
+        (["bench", "--scale", "10", "--dir", "/proc/kbench"], "--dir /proc/kbench: cannot create it"),
         (["table", "--main"], "no MLflow tracking store at"),
     ],
 )
