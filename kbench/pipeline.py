@@ -16,7 +16,7 @@ from kbench.metrics import sum_cap, sum_cls, sum_r
 from kbench.pretraining import pretrained_model
 from kbench.tasks import TASKS, build_task
 from kbench.tracking import Tracking, TrialRun, flatten
-from kbench.trial import Trial, TrialSpec, seed_everything
+from kbench.trial import Trial, TrialSpec, config_key, seed_everything
 
 
 def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Tracking) -> dict[str, float]:
@@ -32,6 +32,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         "profile": cfg.profile,
         "dataset": cfg.data.dataset,
         "config_hash": trial.config_hash,
+        "config_key": config_key(base, spec),  # the same without the seed: what tables group seeds by
         "tasks": ",".join(tasks),
         "task_versions": ",".join(f"{t}=v{TASKS.get(t).version}" for t in tasks),
         **({"limit": cfg.data.limit} if cfg.data.limit else {}),  # tables never mix limited runs with full ones

@@ -58,6 +58,14 @@ def config_hash(base: Config, spec: TrialSpec) -> str:
     return digest(data, spec.model, spec.seed)
 
 
+def config_key(base: Config, spec: TrialSpec) -> str:
+    """``config_hash`` without the seed: equal for the seeds of one configuration, which tables aggregate."""
+    cfg = trial_config(base, spec)
+    data = cfg.results_dict()
+    data["models"] = resolved_options(cfg, spec.model)
+    return digest(data, spec.model)
+
+
 def model_options(cfg: Config, model: str) -> dict[str, Any]:
     """Keyword arguments of the zoo entry's config class: shared sizes plus ``models.<model>`` options."""
     sizes = dataclasses.asdict(cfg.model)
