@@ -22,6 +22,9 @@ import yaml
 from kbench.errors import KbenchError, unknown_choice
 
 PROFILES = ("smoke", "default", "paper")
+IMAGES, PAIRS = "images", "pairs"  # what a pre-training epoch counts (pretrain.epoch_unit)
+EPOCH_UNITS = (IMAGES, PAIRS)
+PAIRS_NEGATIVE_RATE = 0.5  # an epoch of pairs shows every image once matched and once mismatched
 
 
 @dataclass
@@ -79,7 +82,12 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    """One optimisation recipe: AdamW, linear warm-up then linear decay, global-norm clipping."""
+    """One optimisation recipe: AdamW, linear warm-up then linear decay, global-norm clipping.
+
+    Adam's moments default to PyTorch's (0.9, 0.999, 1e-8), which the CPU profiles were tuned with; the ``paper``
+    profile sets the released code's ``adam_beta2=0.98``, ``adam_epsilon=1e-6``. ``weight_decay`` is decoupled
+    (AdamW) and spares biases and LayerNorms; 0 is the released code's plain Adam.
+    """
 
     epochs: float = 1.0
     batch_size: int = 32
@@ -88,16 +96,28 @@ class OptimConfig:
     warmup: float = 0.1  # a fraction of the steps when < 1, else a number of steps
     clip_norm: float = 1.0
     max_steps: int | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
 
 
 @dataclass
 class PretrainConfig(OptimConfig):
-    """The pre-training recipe; the objectives themselves are options of each zoo entry."""
+    """The pre-training recipe; the objectives themselves are options of each zoo entry.
+
+    ``epoch_unit`` says what an epoch is: ``images``, one pass over the training images, each with its own text or,
+    at ``itm_negative_rate``, a mismatched one; ``pairs``, the released code's count, each image twice, once with
+    its own text and once with a mismatched one (twice the steps; the rate is then 1:1 by construction).
+    ``init_mlm_head`` also loads the MLM head (``cls.predictions``: transform and decoder bias) from the
+    ``model.init_from`` checkpoint where it has one; the decoder weight is always the tied word embeddings.
+    """
 
     epochs: float = 25.0
     lr: float = 1e-3
     warmup: float = 0.05
     itm_negative_rate: float = 0.5
+    epoch_unit: str = IMAGES  # images | pairs
+    init_mlm_head: bool = True
     workers: int = 1  # data-parallel workers (Ray Train, DDP); each takes an equal slice of every batch
     save_every: int = 500  # steps between the training states a killed pre-training resumes from (0: never)
 
@@ -213,7 +233,19 @@ def load_config(
         apply_override(cfg, item)
     if cfg.data.limit is not None and cfg.data.limit < 1:
         raise KbenchError(f"--limit must be at least 1 product, got {cfg.data.limit}")
+    check_epoch_unit(cfg.pretrain)
     return cfg
+
+
+def check_epoch_unit(cfg: PretrainConfig) -> None:
+    """Refuse an unknown ``epoch_unit``, and a negative rate that an epoch of pairs cannot have."""
+    if cfg.epoch_unit not in EPOCH_UNITS:
+        raise unknown_choice("pretrain.epoch_unit", cfg.epoch_unit, EPOCH_UNITS)
+    if cfg.epoch_unit == PAIRS and cfg.itm_negative_rate != PAIRS_NEGATIVE_RATE:
+        raise KbenchError(
+            f"pretrain.itm_negative_rate={cfg.itm_negative_rate} needs pretrain.epoch_unit=images: an epoch of "
+            f"pairs shows each image once with its own text and once with another's ({PAIRS_NEGATIVE_RATE})"
+        )
 
 
 def read_override_file(path: Path) -> dict[str, Any]:

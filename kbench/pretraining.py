@@ -14,13 +14,14 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from filelock import FileLock
 from torch.nn.parallel import DistributedDataParallel
 
 from kbench.batches import ModelData, NegativeSampler
-from kbench.config import PretrainConfig
+from kbench.config import PAIRS, PretrainConfig
 from kbench.loader import PRETRAIN_MASKS, PRETRAIN_NEGATIVES, PRETRAIN_ORDER, epoch_order, step_generator, step_rng
 from kbench.paths import atomic_dir, cache_dir
 from kbench.train_state import TrainState
@@ -87,9 +88,11 @@ def pretrain(trial: Trial, state: TrainState | None = None) -> tuple[VLPreTraine
     data = trial.data("train")
     seed = trial.spec.seed
     seed_everything(seed)  # the checkpoint must depend on its key alone, not on what ran before it
-    model = build_model(trial.spec.model, trial.cfg.model.init_from, **trial.model_kwargs()).to(trial.device)
+    init = trial.cfg.model.init_from
+    model = build_model(trial.spec.model, init, init_mlm_head=cfg.init_mlm_head, **trial.model_kwargs())
+    model = model.to(trial.device)
     collate = trial.model_cls.pretraining_collator(model.config, trial)
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    steps_per_epoch = epoch_steps(cfg, len(data))
     make_batch = pretraining_batches(data, collate, cfg, seed, rank, world)
 
     # Some heads are trained only in fine-tuning (VL-BERT's ITM, a dual encoder's match bias, disabled pretext heads).
@@ -121,16 +124,23 @@ def pretraining_batches(
     """The input pipeline of pre-training: ``make(step)`` is the batch of global step ``step``, a function of the
     step alone (every rank draws the same global batch and keeps its own slice of it)."""
     sampler = NegativeSampler(data.split.meta["product_id"].to_numpy())
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    n = len(data)
+    steps_per_epoch = epoch_steps(cfg, n)
     part = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
     views = bool(data.features.views)
 
     def make(step: int) -> dict[str, torch.Tensor]:
         epoch, i = divmod(step, steps_per_epoch)
-        images = epoch_order(seed, PRETRAIN_ORDER, epoch, len(data))[
-            i * cfg.batch_size : (i + 1) * cfg.batch_size
-        ].copy()
-        texts, labels = sampler.sample(images, cfg.itm_negative_rate, step_rng(seed, PRETRAIN_NEGATIVES, step))
+        order = epoch_order(seed, PRETRAIN_ORDER, epoch, epoch_examples(cfg, n))
+        slots = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        images = slots % n  # an epoch of pairs shows image k in slots k and n + k
+        rng = step_rng(seed, PRETRAIN_NEGATIVES, step)
+        if cfg.epoch_unit == PAIRS:
+            texts, labels = images.copy(), np.ones(len(images), dtype=np.int64)
+            second = slots >= n  # an image's second showing pairs it with another product's text
+            texts[second], labels[second] = sampler.sample(images[second], 1.0, rng)
+        else:
+            texts, labels = sampler.sample(images, cfg.itm_negative_rate, rng)
         images, texts, labels = images[part], texts[part], labels[part]
         batch = data.inputs(images, texts, views=views)
         batch["itm_labels"] = torch.from_numpy(labels)
@@ -138,6 +148,16 @@ def pretraining_batches(
         return collate(batch, step_generator(seed, PRETRAIN_MASKS, step, rank))
 
     return make
+
+
+def epoch_examples(cfg: PretrainConfig, images: int) -> int:
+    """Examples in a pre-training epoch of ``images`` training images: one each, or two under ``pairs``."""
+    return 2 * images if cfg.epoch_unit == PAIRS else images
+
+
+def epoch_steps(cfg: PretrainConfig, images: int) -> int:
+    """Steps in a pre-training epoch (the last, incomplete batch is dropped)."""
+    return max(1, epoch_examples(cfg, images) // cfg.batch_size)
 
 
 def mean_over_ranks(history: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -52,13 +52,15 @@ def total_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, steps: int) -> tuple[torch.optim.Optimizer, object]:
-    """AdamW without weight decay on biases and LayerNorms, with linear warm-up and decay over ``steps``."""
+    """AdamW with the recipe's betas and epsilon, without weight decay on biases and LayerNorms, with linear warm-up
+    and decay over ``steps``."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    betas = (cfg.adam_beta1, cfg.adam_beta2)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.adam_epsilon)
     warmup = int(cfg.warmup * steps) if cfg.warmup < 1 else int(cfg.warmup)
     return optimizer, get_linear_schedule_with_warmup(optimizer, warmup, steps)
 

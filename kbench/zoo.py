@@ -7,18 +7,22 @@ methods declared on ``VLPreTrainedModel``, so every entry runs the same tasks, p
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel, PreTrainedConfig, PreTrainedModel
+from transformers import BertConfig, BertForPreTraining, BertModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredictionHead
+from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredictionHead, BertOnlyMLMHead
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from kbench.errors import KbenchError
 from kbench.features import Patching
@@ -27,6 +31,8 @@ from kbench.registry import Registry
 
 if TYPE_CHECKING:
     from kbench.trial import Trial
+
+log = logging.getLogger(__name__)
 
 
 class Collator(Protocol):
@@ -177,28 +183,61 @@ ARCHITECTURE_KEYS = (
 NO_INIT = "none"  # model.init_from=none: random initial weights, even where a profile names a checkpoint
 
 
-def build_model(name: str, init_from: str | None, **config_kwargs: Any) -> VLPreTrainedModel:
+def build_model(
+    name: str, init_from: str | None, *, init_mlm_head: bool = True, **config_kwargs: Any
+) -> VLPreTrainedModel:
     """Instantiate zoo entry ``name`` from scratch, or with its text side initialised from a BERT checkpoint.
 
-    With ``init_from`` (a local path or a hub name), the architecture follows that checkpoint.
+    With ``init_from`` (a local path or a hub name), the architecture follows that checkpoint; with
+    ``init_mlm_head`` too, the entry's MLM head is the checkpoint's where it has one.
     """
     model_cls = MODELS.get(name)
     if not init_from or init_from == NO_INIT:
         return model_cls(model_cls.config_class(**config_kwargs))
-    bert = load_bert(init_from)
+    bert, missing = load_bert(init_from)
     arch = {k: getattr(bert.config, k) for k in ARCHITECTURE_KEYS}
     model = model_cls(model_cls.config_class(**{**config_kwargs, **arch}))
-    model.load_bert_weights(bert)
+    model.load_bert_weights(bert.bert)
+    if init_mlm_head:
+        load_mlm_head(model, bert.cls.predictions, missing, init_from)
     return model
 
 
-def load_bert(name_or_path: str) -> BertModel:
-    """A BERT checkpoint from a directory or the hub (the hub only when the user names a model)."""
+def load_bert(name_or_path: str) -> tuple[BertForPreTraining, set[str]]:
+    """A BERT checkpoint from a directory or the hub (the hub only when the user names a model), with its
+    pre-training heads, and the names of the weights it lacked (a bare encoder has no ``cls.*``)."""
     config = bert_config(name_or_path)
     try:
-        return BertModel.from_pretrained(name_or_path, config=config, add_pooling_layer=True)
+        with quiet_transformers():  # its report of absent heads is load_mlm_head's to give, once and in kbench's words
+            bert, info = BertForPreTraining.from_pretrained(name_or_path, config=config, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise unloadable(name_or_path, exc) from None
+    return bert, set(info["missing_keys"])
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' warnings silenced (its errors still shown) for the duration."""
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def load_mlm_head(model: VLPreTrainedModel, head: BertLMPredictionHead, missing: set[str], source: str) -> None:
+    """Copy BERT's MLM head (the transform's dense layer and LayerNorm, and the decoder bias) into the entry's,
+    where both have one; the decoder weight is the word embeddings, tied and already loaded."""
+    ours = getattr(model, "mlm_head", None)
+    if not isinstance(ours, BertOnlyMLMHead):
+        return
+    if any(k.startswith("cls.predictions.") for k in missing):
+        log.info("BERT checkpoint %s has no MLM head (cls.predictions.*): the MLM head starts random", source)
+        return
+    ours.predictions.transform.load_state_dict(head.transform.state_dict())
+    with torch.no_grad():
+        ours.predictions.bias.copy_(head.bias)
 
 
 def bert_config(name_or_path: str) -> BertConfig:
