@@ -231,12 +231,86 @@ def test_collator_corrupts_each_level_as_its_labels_say() -> None:
 
 
 def test_collator_respects_the_selected_tasks() -> None:
-    batch, raw = collated(tiny_model(akpm="B+V"))
-    assert {"rr_labels", "jps_labels", "cp_labels", "grey_cells"}.isdisjoint(batch) and "blank_cells" in batch
-    s = KALEIDO.level_slices()
-    assert torch.equal(batch["patch_features"][:, : s[4].start], raw["patch_features"][:, : s[4].start])
-    batch, raw = collated(tiny_model(akpm="B"))
-    assert torch.equal(batch["patch_features"], raw["patch_features"])
+    """A variant's tasks decide the corruptions and targets; the cells AGM chose at a level whose task is off
+    (those B+I~V camouflages, greys or blanks) are zeroed, and nothing else changes."""
+    full, _ = collated(tiny_model())
+    chosen = {3: full["cp_labels"][:, None], 4: full["grey_cells"], 5: full["blank_cells"]}
+    s = dict(zip(KALEIDO.levels, KALEIDO.level_slices(), strict=True))
+    rows = torch.arange(6)[:, None]
+    for variant, blanked in (("B+V", (3, 4)), ("B", (3, 4, 5))):
+        batch, raw = collated(tiny_model(akpm=variant))
+        assert {"rr_labels", "jps_labels", "cp_labels", "grey_cells"}.isdisjoint(batch)
+        assert ("blank_cells" in batch) == (variant == "B+V")
+        if variant == "B+V":
+            assert torch.equal(batch["blank_cells"], chosen[5])
+        clean, feats = raw["patch_features"], batch["patch_features"]
+        assert torch.equal(feats[:, : s[3].start], clean[:, : s[3].start]), "no rotation, no jigsaw"
+        for n in blanked:
+            expected = torch.zeros(6, n * n, dtype=torch.bool)
+            expected[rows, chosen[n]] = True
+            zeroed = (feats[:, s[n]] == 0).all(-1)
+            assert torch.equal(zeroed, expected), f"{variant}: level {n} zeroes exactly B+I~V's cells"
+            assert torch.equal(feats[:, s[n]][~zeroed], clean[:, s[n]][~zeroed])
+
+
+def aligned_word_share(batch: dict, raw: dict, pairs: list, texts: torch.Tensor) -> tuple[int, int]:
+    """``(masked, all)`` aligned words of a collated batch: words with an alignment whose tokens are masked."""
+    masked = total = 0
+    for i, t in enumerate(texts.tolist()):
+        aligned = {w for w, _, _ in pairs[t]}
+        labelled = set(raw["word_ids"][i][batch["mlm_labels"][i] != -100].tolist())
+        masked, total = masked + len(aligned & labelled), total + len(aligned)
+    return masked, total
+
+
+def test_every_akpm_variant_masks_the_same_words_and_cells() -> None:
+    """Table 4's AKPM columns differ only in their pretext tasks: for a batch and seed, every variant masks the
+    words and the cells of B+I~V (1, 2 and 3 cells at levels 3, 4 and 5, up to 15 % of the tokens), so the
+    share of aligned words masked is one number across the block."""
+    data, tokenizer = tiny_data()
+    sizes, pairs = index_words(tokenizer, data.text, ALIGNED)
+    images, texts = torch.tensor([0, 1, 2, 3, 0, 1, 3]), torch.tensor([0, 1, 2, 3, 2, 3, 3])
+    raw = data.inputs(images.numpy(), texts.numpy(), views=True)
+    raw |= {"itm_labels": (images == texts).long(), "image_positions": images, "text_positions": texts}
+    raw = to_device(raw, torch.device("cpu"))
+    s = dict(zip(KALEIDO.levels, KALEIDO.level_slices(), strict=True))
+    budgets = [text_budget(int(sizes[t].sum()), 0.15, 10) for t in texts.tolist()]
+    seen: dict[str, list] = {}
+    shares = {}
+    for variant in AKPM_VARIANTS:
+        config = KaleidoBertConfig(akpm=variant, visual_feature_size=D, **SIZES)
+        collate = KaleidoCollator(config, tokenizer, data, ALIGNED)
+        masked = total = 0
+        seen[variant] = []
+        for seed in range(12):
+            batch = collate(dict(raw), torch.Generator().manual_seed(seed))
+            cells = {
+                n: (batch["patch_features"][:, s[n]] != raw["patch_features"][:, s[n]]).any(-1) for n in (3, 4, 5)
+            }
+            for n, k in PATCH_BUDGETS.items():
+                assert (cells[n].sum(1) == k).all(), f"{variant}: {k} cells at level {n} in every example"
+            labelled = batch["mlm_labels"] != -100
+            assert (labelled.sum(1) <= torch.tensor(budgets)).all() and (labelled.sum(1) >= 1).all()
+            seen[variant].append((batch["input_ids"], batch["mlm_labels"], cells))
+            m, t = aligned_word_share(batch, raw, pairs, texts)
+            masked, total = masked + m, total + t
+        shares[variant] = masked / total
+    for variant in AKPM_VARIANTS:
+        for (ids, labels, cells), (ids_full, labels_full, cells_full) in zip(
+            seen[variant], seen["B+I~V"], strict=True
+        ):
+            assert torch.equal(labels, labels_full) and torch.equal(ids, ids_full), f"{variant} masks other words"
+            assert all(torch.equal(cells[n], cells_full[n]) for n in cells), f"{variant} masks other cells"
+    assert len(set(shares.values())) == 1, shares
+    assert 0 < shares["B"] < 1, "some aligned pairs are masked on the cell side, in B too"
+
+
+def test_kpg_kaleido_and_kaleido_sod_mask_alike() -> None:
+    """The two pyramid KPG variants share budgets and masking; on one store and alignments their batches agree
+    (what tells them apart is the box their features and alignments were cut from)."""
+    sod, _ = collated(tiny_model())
+    whole, _ = collated(tiny_model(kpg="kaleido"))
+    assert sod.keys() == whole.keys() and all(torch.equal(sod[k], whole[k]) for k in sod)
 
 
 def test_forward_losses_heads_and_shapes() -> None:

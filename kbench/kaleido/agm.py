@@ -4,7 +4,9 @@ Aligned <word, cell> pairs come first, in random order: for each, the word or th
 so that one modality can recover the other. When the pairs run out, unaligned words and cells fill what is
 left of the budgets at random. Budgets: 1, 2 and 3 cells at levels 3, 4 and 5 (the cells CP, G2CM and B2CM
 corrupt) and up to 10 text tokens at 15 %, whole words only. ``random`` (the paper's ablation) fills the
-same budgets at random, ignoring the alignments.
+same budgets at random, ignoring the alignments. The cell budgets are those of the full model in every AKPM
+variant (a level whose task is off still has its cells masked), so the word-or-cell choice, and with it the
+share of aligned words masked, is the same in every column of the AKPM ablation.
 """
 
 from __future__ import annotations

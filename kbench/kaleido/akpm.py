@@ -12,7 +12,9 @@
 
 Every corruption acts on stored features (the store holds the rotated and grey views), drawn afresh for
 every batch. ``B`` (AMLM + ITM) is always on; ``akpm`` selects the pretext tasks as the paper's ablation
-names them: ``B``, ``B+I``, ``B+I~II``, ..., ``B+I~V`` (the full model), ``B+V``.
+names them: ``B``, ``B+I``, ``B+I~II``, ..., ``B+I~V`` (the full model), ``B+V``. AGM masks the same words and
+cells in every variant; a variant only decides which of the corruptions above, and their losses, are on (the
+cells AGM chose at a level whose task is off are zeroed, see ``kbench.kaleido.collator``).
 """
 
 from __future__ import annotations

@@ -2,6 +2,13 @@
 
 Text-side choices follow the alignments of the text's own product, so a mismatched ITM pair is masked
 exactly like a matched one and masking reveals nothing about the ITM label.
+
+AGM plans with the budgets of every level the patch scheme has (1, 2 and 3 cells at levels 3, 4 and 5, as
+in the full model ``B+I~V``), whichever AKPM tasks are on, and draws from the same random stream, so every
+AKPM variant masks the same words and chooses the same cells for a batch and seed. A chosen cell whose
+level's task is off is still masked, zeroed (B2CM's plain blank) with no loss on it: the cell side of its
+aligned pair stays hidden as in ``B+I~V``, and the variant changes only the corruptions and losses its label
+names. The scale-fixed 8x8 grid has no levels 3 to 5 and so no cell budget: there AGM masks aligned words only.
 """
 
 from __future__ import annotations
@@ -74,7 +81,7 @@ class KaleidoCollator:
         scheme = get_scheme(config.patch_scheme)
         self.slices = dict(zip(scheme.levels, scheme.level_slices(), strict=True))
         self.tasks = config.pretext_tasks
-        self.budgets = {TASK_LEVEL[t]: PATCH_BUDGETS[TASK_LEVEL[t]] for t in ("cp", "g2cm", "b2cm") if t in self.tasks}
+        self.budgets = {n: k for n, k in PATCH_BUDGETS.items() if n in self.slices}
         self.word_sizes, self.pairs = index_words(tokenizer, data.text, aligned)
         self.product_ids = data.split.meta["product_id"].to_numpy()
 
@@ -115,6 +122,11 @@ class KaleidoCollator:
             part = self.slices[5]
             batch["blank_cells"], batch["blank_targets"] = cells[5], gather_cells(clean[:, part], cells[5])
             put_cells(feats[:, part], cells[5], torch.zeros_like(batch["blank_targets"]))
+        for task in ("cp", "g2cm", "b2cm"):
+            level = TASK_LEVEL[task]
+            if task not in self.tasks and level in cells:  # masked for AGM, with no task to corrupt or score it
+                blank = torch.zeros(*cells[level].shape, clean.shape[-1], dtype=clean.dtype)
+                put_cells(feats[:, self.slices[level]], cells[level], blank)
         batch["patch_features"] = feats
         return batch
 
