@@ -3,7 +3,8 @@
 Single stream ``[text | 8x8 = 64 patches of the whole image]`` on BERT blocks, pre-trained with masked
 language modelling (MLM), image-text matching (ITM, negatives from other products) and masked patch feature
 modelling (MPFC: masked patch features zeroed, their feature distribution recovered under a KL objective),
-optionally combined with FashionBERT's adaptive loss weights instead of a plain sum.
+combined with FashionBERT's adaptive loss weights, as in the paper's FashionBERT row and its released code
+(``adaptive_loss=false`` sums them plainly instead).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class FashionBertConfig(BertConfig):
         patch_scheme: how images are cut into patches; FashionBERT uses an 8x8 grid (``grid-8``).
         patch_mask_probability: share of patches masked for MPFC (FashionBERT: 10 %).
         mlm_probability: share of text tokens masked for MLM (BERT: 15 %).
-        adaptive_loss: weight MLM, ITM and MPFC with FashionBERT's adaptive loss instead of summing them.
+        adaptive_loss: weight MLM, ITM and MPFC with FashionBERT's adaptive loss (its paper and code), not a plain sum.
         **kwargs: ``BertConfig`` arguments (sizes, dropout, vocabulary); defaults build BERT-base.
     """
 
@@ -40,7 +41,7 @@ class FashionBertConfig(BertConfig):
         patch_scheme: str = "grid-8",
         patch_mask_probability: float = 0.1,
         mlm_probability: float = 0.15,
-        adaptive_loss: bool = False,
+        adaptive_loss: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)

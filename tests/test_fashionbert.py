@@ -70,7 +70,7 @@ def test_forward_shapes_and_losses() -> None:
     batch = FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1))
     out = model(**batch)
     assert set(out.losses) == {"mlm_loss", "itm_loss", "mpfc_loss"} and set(out.accuracies) == {"mlm_acc", "itm_acc"}
-    assert torch.isfinite(out.loss) and torch.allclose(out.loss, sum(out.losses.values()))
+    assert torch.isfinite(out.loss)  # the adaptive weighting is checked below
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "patch_features", "patch_locations")}
     assert model.itm_logits(**inputs).shape == (B, 2)
     assert model.pooled_output(**inputs).shape == (B, 32)
@@ -96,12 +96,21 @@ def test_adaptive_loss_weights() -> None:
     expected = torch.stack([(k - g[1]) * (k - g[2]), (k - g[2]) * (k - g[0]), (k - g[0]) * (k - g[1])])
     torch.testing.assert_close(w, expected / expected.sum())
     assert abs(w.sum().item() - 1) < 1e-6 and w.argmax() == 0  # the largest loss gets the largest weight
-    model = tiny_model(adaptive_loss=True)
+
+
+def test_adaptive_loss_is_on_by_default_and_reweights_the_objectives() -> None:
+    """The paper's FashionBERT row used the adaptive loss: it is the default, and its weights are not the plain
+    sum's."""
+    assert FashionBertConfig().adaptive_loss is True
+    model = tiny_model()
     out = model(**FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1)))
-    torch.testing.assert_close(
-        out.loss,
-        (adaptive_weights(torch.stack(list(out.losses.values()))) * torch.stack(list(out.losses.values()))).sum(),
-    )
+    losses = torch.stack([out.losses[k] for k in ("mlm_loss", "itm_loss", "mpfc_loss")])
+    weights = adaptive_weights(losses)
+    torch.testing.assert_close(out.loss, (weights * losses).sum())
+    assert (weights - 1 / 3).abs().max() > 1e-3 and (out.loss - losses.sum()).abs() > 1e-3
+    plain = tiny_model(adaptive_loss=False)
+    out = plain(**FashionBertCollator(plain.config, 3)(raw_batch(), torch.Generator().manual_seed(1)))
+    torch.testing.assert_close(out.loss, sum(out.losses.values()))
 
 
 def test_feature_kl_matches_the_direct_formula() -> None:
