@@ -57,7 +57,8 @@ class ViLBertConfig(BertConfig):
     Args:
         visual_feature_size: dimension of one patch feature (2048 for ResNet-50).
         patch_scheme: how images are cut into patches, the stand-in for detector regions (``grid-8``).
-        co_attention_layers: number of co-attentional layers, placed under the last text layers (ViLBERT: 6).
+        co_attention_layers: number of co-attentional layers, placed under the last text layers (ViLBERT: 6 of 12,
+            which the paper profile sets; 1 keeps the same half of the CPU profiles' 2 layers).
         mlm_probability: share of words masked for masked language modelling (ViLBERT: 15 %).
         patch_mask_probability: share of patches masked for masked region modelling (ViLBERT: 15 %).
         visual_words: codebook size, the stand-in for the detector's classes (ViLBERT: Visual Genome's 1601).

@@ -10,10 +10,12 @@ import torch
 from transformers import BertConfig, BertModel
 from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
 
-from baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining
+from baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining, ViLBertModel
 from kbench.codebook import fit_codebook
+from kbench.config import load_config
 from kbench.errors import KbenchError
 from kbench.text import bundled_checkpoint
+from kbench.trial import model_options, resolved_options
 
 B, T, K, D, WORDS = 6, 12, 16, 24, 8
 BOOK = fit_codebook((torch.rand(400, D, generator=torch.Generator().manual_seed(5)) * 3).numpy(), WORDS)
@@ -37,6 +39,19 @@ def test_config_bounds_the_co_attention_layers() -> None:
     for bad in (0, 3):
         with pytest.raises(KbenchError, match="co_attention_layers must be between 1 and num_hidden_layers"):
             ViLBertConfig(**SIZES, co_attention_layers=bad)
+
+
+def test_the_paper_profile_runs_vilberts_six_co_attention_layers() -> None:
+    """ViLBERT's base model joins the streams by 6 Co-TRM layers under the last 6 of its 12 text layers, each
+    followed by a visual TRM layer; the paper profile builds that. The CPU profiles' 2-layer BERT keeps 1, the
+    same half of its text layers."""
+    paper = model_options(load_config("paper"), "vilbert")
+    assert paper["co_attention_layers"] == 6 and paper["num_hidden_layers"] == 12
+    model = ViLBertModel(ViLBertConfig(**{**paper, **SIZES, "num_hidden_layers": 12}))
+    assert len(model.encoder.layer) == 12 and len(model.co_attention) == 6 and len(model.image_layers) == 6
+    for profile in ("default", "smoke"):
+        options = resolved_options(load_config(profile), "vilbert")
+        assert (options["co_attention_layers"], options["num_hidden_layers"]) == (1, 2), profile
 
 
 def test_collator_corrupts_every_pair_and_scores_matched_ones() -> None:
