@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kbench.metrics import positive_ranks, rank_at_k
+from kbench.metrics.retrieval import ranks_and_ties, recall_at_k
 
 POLICIES = ("pessimistic", "optimistic", "average")
 
@@ -60,6 +61,32 @@ def test_positive_ranks_match_enumeration() -> None:
         np.testing.assert_array_equal(positive_ranks(scores, positive, "optimistic"), best)
         mean_rank = [float(Fraction(sum(r), len(r))) for r in per_query]
         np.testing.assert_allclose(positive_ranks(scores, positive, "average"), mean_rank, rtol=0, atol=1e-12)
+
+
+def test_per_query_ranks_reproduce_rank_at_k_under_every_policy() -> None:
+    """The per-sample outputs (rank, tied) give back R@K exactly, and the ranks are the brute-force ones."""
+    rng = np.random.default_rng(5)
+    for _ in range(80):
+        n, q = int(rng.integers(1, 7)), int(rng.integers(1, 5))
+        scores = rng.integers(0, 3, size=(q, n))
+        positive = rng.integers(0, n, size=q)
+        ks = list(range(1, n + 2))
+        per_query = [consistent_ranks(row.tolist(), int(p)) for row, p in zip(scores, positive, strict=True)]
+        expected_ranks = {
+            "pessimistic": [max(r) for r in per_query],
+            "optimistic": [min(r) for r in per_query],
+            "average": [float(Fraction(sum(r), len(r))) for r in per_query],
+        }
+        expected = brute_force(scores, positive, ks)
+        for policy in POLICIES:
+            ranks, tied = ranks_and_ties(scores, positive, policy)
+            np.testing.assert_array_equal(ranks, expected_ranks[policy])
+            np.testing.assert_array_equal(
+                tied, [sum(x == row[p] for x in row) - 1 for row, p in zip(scores, positive, strict=True)]
+            )
+            recall = recall_at_k(ranks, ks, tied if policy == "average" else None)
+            assert recall == rank_at_k(scores, positive, ks, policy)
+            assert recall == pytest.approx(expected[policy], abs=1e-9)
 
 
 def test_larger_matrices_against_explicit_tie_broken_sort() -> None:

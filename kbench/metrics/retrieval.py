@@ -47,32 +47,47 @@ def _higher_and_tied(scores: Any, positive: Any, ties: str) -> tuple[np.ndarray,
     return higher, tied
 
 
-def positive_ranks(scores: Any, positive: Any, ties: Ties = "pessimistic") -> np.ndarray:
-    """1-based rank of each query's positive (per-item scores); ``average`` gives the mean rank h+t/2+1."""
+def ranks_and_ties(scores: Any, positive: Any, ties: Ties = "pessimistic") -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the 1-based rank of its positive under ``ties`` (``average``: the mean rank h+t/2+1) and how many
+    other candidates tie it: the per-item outputs from which :func:`recall_at_k` gives Rank@K."""
     higher, tied = _higher_and_tied(scores, positive, ties)
     if ties == "pessimistic":
-        return (higher + tied + 1).astype(np.float64)
+        return (higher + tied + 1).astype(np.float64), tied
     if ties == "optimistic":
-        return (higher + 1).astype(np.float64)
-    return higher + tied / 2 + 1
+        return (higher + 1).astype(np.float64), tied
+    return higher + tied / 2 + 1, tied
+
+
+def positive_ranks(scores: Any, positive: Any, ties: Ties = "pessimistic") -> np.ndarray:
+    """1-based rank of each query's positive (per-item scores); ``average`` gives the mean rank h+t/2+1."""
+    return ranks_and_ties(scores, positive, ties)[0]
+
+
+def recall_at_k(ranks: Any, ks: Iterable[int] = (1, 5, 10), tied: Any = None) -> dict[str, float]:
+    """Percent of queries whose positive ranks within K, as ``{"R@K": ...}``, from per-query ranks. With ``tied``
+    (the ranks being mean ranks under ``average`` ties), a query counts the exact expectation over uniformly random
+    orders of the candidates tied with its positive; without, it counts ``rank <= K``."""
+    ks = list(ks)
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
+    ranks = np.asarray(ranks, dtype=np.float64)
+    out: dict[str, float] = {}
+    for k in ks:
+        if tied is None:
+            hit = (ranks <= k).astype(np.float64)
+        else:
+            t = np.asarray(tied, dtype=np.float64)
+            higher = ranks - t / 2 - 1
+            hit = np.clip((k - higher) / (t + 1), 0.0, 1.0)
+        out[f"R@{int(k)}"] = 100.0 * float(hit.mean())
+    return out
 
 
 def rank_at_k(
     scores: Any, positive: Any, ks: Iterable[int] = (1, 5, 10), ties: Ties = "pessimistic"
 ) -> dict[str, float]:
-    """Percent of queries whose positive ranks within K, as ``{"R@K": ...}``; ``average`` is the exact
-    expectation over uniformly random orders of the candidates tied with the positive."""
-    ks = list(ks)
-    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty sequence of positive integers, got {ks!r}")
-    higher, tied = _higher_and_tied(scores, positive, ties)
-    out: dict[str, float] = {}
-    for k in ks:
-        if ties == "pessimistic":
-            hit = (higher + tied + 1 <= k).astype(np.float64)
-        elif ties == "optimistic":
-            hit = (higher + 1 <= k).astype(np.float64)
-        else:
-            hit = np.clip((k - higher) / (tied + 1), 0.0, 1.0)
-        out[f"R@{int(k)}"] = 100.0 * float(hit.mean())
-    return out
+    """Percent of queries whose positive ranks within K, as ``{"R@K": ...}``, from the ranks of
+    :func:`ranks_and_ties`; ``average`` is the exact expectation over uniformly random orders of the candidates
+    tied with the positive."""
+    ranks, tied = ranks_and_ties(scores, positive, ties)
+    return recall_at_k(ranks, ks, tied if ties == "average" else None)
