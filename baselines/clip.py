@@ -3,9 +3,10 @@ Supervision"): not in the Kaleido-BERT paper, but the design most later fashion 
 
 A text encoder (BERT: embeddings, encoder, [CLS]) and an image encoder (a transformer of the same size over the
 patch features, with a learned [CLS] token) each end in a linear projection; image and text meet only in the cosine
-similarity of their normalised embeddings. Pre-training: the symmetric contrastive (InfoNCE) loss over the matched
-pairs of a batch, with a learned temperature. kbench's image side is a transformer over frozen CNN patch features
-(grid patches, as for the other entries), not a ViT or ResNet trained end to end.
+similarity of their normalised embeddings. Pre-training: the symmetric contrastive (InfoNCE) loss over a batch of
+matched pairs (``pretrains_on_mismatches`` off: the other pairs' texts are the negatives), with a learned
+temperature. kbench's image side is a transformer over frozen CNN patch features (grid patches, as for the other
+entries), not a ViT or ResNet trained end to end.
 
 Downstream: retrieval ranks by similarity (``itm_logits`` puts the scaled cosine less a learned bias in class 1: ITM
 fine-tuning places the match threshold through the bias, which never changes a ranking); the retrieval task also
@@ -115,6 +116,7 @@ class ClipForPreTraining(VLPreTrainedModel):
     collator = ClipCollator
     dual_encoder: ClassVar[bool] = True
     generates_text: ClassVar[bool] = False
+    pretrains_on_mismatches: ClassVar[bool] = False
 
     def __init__(self, config: ClipConfig) -> None:
         super().__init__(config)

@@ -14,8 +14,9 @@ scores instead). Both corruptions share one forward pass, as in the released cod
 embedding is computed from the corrupted features, so a zeroed region's own feature cannot reach the words
 (VL-BERT zeroes the masked RoI's pixels before extracting the whole-image feature).
 
-VL-BERT dropped its third task, sentence-image relationship prediction, so the ITM head (2-way on the pooled
-[CLS]) gets no loss in pre-training: the retrieval tasks train it in fine-tuning.
+VL-BERT dropped its third task, sentence-image relationship prediction, so it pre-trains on matched pairs only
+(``pretrains_on_mismatches``), every pair feeding both objectives, and the ITM head (2-way on the pooled [CLS])
+gets no loss in pre-training: the retrieval tasks train it in fine-tuning.
 
 kbench's adaptation: no detector runs offline, so regions are the 8x8 grid patches of the whole image, the
 whole-image appearance feature is the mean of the (corrupted) patch features, and the detector classes become
@@ -26,7 +27,7 @@ is replaced by BERT's word-piece masking, as in the other entries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -158,11 +159,10 @@ class VLBertModel(SingleStreamModel):
 
 @dataclass
 class VLBertCollator:
-    """Adds VL-BERT's masked word and masked RoI targets to a batch of (possibly mismatched) image-text pairs.
-
-    Every pair is corrupted alike; the losses are taken on matched pairs only, since a mismatched text does not
-    describe the image. ``patch_labels`` holds the codebook visual word of the original feature at the scored
-    patches and -100 elsewhere. VL-BERT has no matching loss, so ``itm_labels`` is dropped.
+    """Adds VL-BERT's masked word and masked RoI targets to a batch of image-text pairs (pre-training draws matched
+    ones only for VL-BERT; a mismatched pair, whose text does not describe the image, would be corrupted alike and
+    not scored). ``patch_labels`` holds the codebook visual word of the original feature at the scored patches and
+    -100 elsewhere. VL-BERT has no matching loss, so ``itm_labels`` is dropped.
     """
 
     config: VLBertConfig
@@ -185,6 +185,7 @@ class VLBertForPreTraining(SingleStreamForPreTraining):
 
     config_class = VLBertConfig
     collator = VLBertCollator
+    pretrains_on_mismatches: ClassVar[bool] = False
 
     def __init__(self, config: VLBertConfig) -> None:
         super().__init__(config, VLBertModel(config))

@@ -93,7 +93,7 @@ def pretrain(trial: Trial, state: TrainState | None = None) -> tuple[VLPreTraine
     model = model.to(trial.device)
     collate = trial.model_cls.pretraining_collator(model.config, trial)
     steps_per_epoch = epoch_steps(cfg, len(data))
-    make_batch = pretraining_batches(data, collate, cfg, seed, rank, world)
+    make_batch = pretraining_batches(data, collate, cfg, seed, rank, world, trial.model_cls.pretrains_on_mismatches)
 
     # Some heads are trained only in fine-tuning (VL-BERT's ITM, a dual encoder's match bias, disabled pretext heads).
     trained = DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
@@ -119,10 +119,17 @@ def pretrain(trial: Trial, state: TrainState | None = None) -> tuple[VLPreTraine
 
 
 def pretraining_batches(
-    data: ModelData, collate: Collator, cfg: PretrainConfig, seed: int, rank: int = 0, world: int = 1
+    data: ModelData,
+    collate: Collator,
+    cfg: PretrainConfig,
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    mismatches: bool = True,
 ) -> Callable[[int], dict[str, torch.Tensor]]:
     """The input pipeline of pre-training: ``make(step)`` is the batch of global step ``step``, a function of the
-    step alone (every rank draws the same global batch and keeps its own slice of it)."""
+    step alone (every rank draws the same global batch and keeps its own slice of it). Without ``mismatches``
+    every image comes with its own text (an entry with no matching objective in pre-training)."""
     sampler = NegativeSampler(data.split.meta["product_id"].to_numpy())
     n = len(data)
     steps_per_epoch = epoch_steps(cfg, n)
@@ -135,9 +142,9 @@ def pretraining_batches(
         slots = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         images = slots % n  # an epoch of pairs shows image k in slots k and n + k
         rng = step_rng(seed, PRETRAIN_NEGATIVES, step)
-        if cfg.epoch_unit == PAIRS:
+        if cfg.epoch_unit == PAIRS or not mismatches:
             texts, labels = images.copy(), np.ones(len(images), dtype=np.int64)
-            second = slots >= n  # an image's second showing pairs it with another product's text
+            second = (slots >= n) & mismatches  # an image's second showing pairs it with another product's text
             texts[second], labels[second] = sampler.sample(images[second], 1.0, rng)
         else:
             texts, labels = sampler.sample(images, cfg.itm_negative_rate, rng)

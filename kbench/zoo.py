@@ -67,6 +67,9 @@ class VLPreTrainedModel(PreTrainedModel):
     # Scores pairs by embedding similarity (embed_images, embed_texts); its forward on matched pairs (itm_labels all 1)
     # is its contrastive objective, which retrieval fine-tuning then uses instead of binary ITM.
     dual_encoder: ClassVar[bool] = False
+    # Pre-trains on mismatched pairs too (ITM negatives at pretrain.itm_negative_rate); an entry whose pre-training
+    # has no matching objective (VL-BERT, CLIP) sees matched pairs only, so no pair is drawn just to go unscored.
+    pretrains_on_mismatches: ClassVar[bool] = True
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation, including the buffers ``from_pretrained`` leaves to it."""

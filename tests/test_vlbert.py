@@ -7,14 +7,21 @@ from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import torch
 from transformers import BertModel
 from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
 
 from baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
+from kbench.batches import ModelData
 from kbench.codebook import Codebook, fit_codebook
-from kbench.text import bundled_checkpoint
-from kbench.zoo import ARCHITECTURE_KEYS, option_names
+from kbench.config import load_config
+from kbench.data.splits import Split
+from kbench.features import features_from_arrays
+from kbench.pretraining import epoch_steps, pretraining_batches
+from kbench.text import bundled_checkpoint, load_tokenizer, tokenize
+from kbench.zoo import ARCHITECTURE_KEYS, MODELS, option_names
 
 B, T, K, D, WORDS = 6, 12, 16, 24, 8
 
@@ -73,6 +80,45 @@ def test_collator_corrupts_every_pair_and_scores_matched_ones() -> None:
     assert torch.equal(batch["patch_labels"][scored], book().assign(raw["patch_features"])[scored])
     kept = ~zeroed
     assert torch.equal(batch["patch_features"][kept], raw["patch_features"][kept])
+
+
+def test_pre_training_draws_matched_pairs_only(tmp_path: Path) -> None:
+    """VL-BERT (like CLIP) has no matching objective in pre-training, so its batches are matched pairs, all of them
+    scored by both objectives, in an epoch of images and in one of pairs; an entry with ITM still gets negatives."""
+    n = 10
+    texts = [f"a garment number {i} in colour {i % 3}" for i in range(n)]
+    meta = pd.DataFrame({"row": range(n), "product_id": range(n), "description": texts})
+    features = torch.rand(n, K, D, generator=torch.Generator().manual_seed(0)).numpy()
+    store = features_from_arrays(tmp_path, features, np.zeros((n, K, 5), np.float32), np.zeros((n, 4), np.int64))
+    data = ModelData(
+        Split("train", Path("unused.h5"), meta, "fp"), tokenize(load_tokenizer("bundled"), texts, 16), store
+    )
+    model = tiny_model()
+    collator = VLBertCollator(model.config, 3, book())
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def keep_and_collate(batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        seen.append({k: batch[k].clone() for k in ("image_positions", "text_positions", "itm_labels")})
+        return collator(batch, generator)
+
+    matched_only = {name for name in MODELS.names() if not MODELS.get(name).pretrains_on_mismatches}
+    assert matched_only == {"vlbert", "clip"}, "the entries whose pre-training has no matching objective"
+    for unit in ("images", "pairs"):
+        cfg = load_config("smoke", [f"pretrain.epoch_unit={unit}", "pretrain.batch_size=5"]).pretrain
+        make = pretraining_batches(
+            data, keep_and_collate, cfg, 3, mismatches=VLBertForPreTraining.pretrains_on_mismatches
+        )
+        seen.clear()
+        for step in range(epoch_steps(cfg, n)):
+            batch = make(step)
+            assert (batch["mlm_labels"] != -100).any(dim=1).all() and (batch["patch_labels"] != -100).any(dim=1).all()
+        shown = torch.cat([b["image_positions"] for b in seen])
+        assert all(torch.equal(b["text_positions"], b["image_positions"]) for b in seen)
+        assert all((b["itm_labels"] == 1).all() for b in seen)
+        assert sorted(shown.tolist()) == sorted(list(range(n)) * (2 if unit == "pairs" else 1))
+    with_itm = pretraining_batches(data, lambda batch, generator: batch, cfg, 3)
+    labels = torch.cat([with_itm(step)["itm_labels"] for step in range(epoch_steps(cfg, n))])
+    assert (labels == 0).sum() == n, "an epoch of pairs gives an ITM entry each image once mismatched"
 
 
 def expected_share(p: float, n: int) -> float:
