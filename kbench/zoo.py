@@ -130,8 +130,8 @@ MODELS: Registry[type[VLPreTrainedModel]] = Registry("model", base=VLPreTrainedM
 MODELS.register(
     "fashionbert",
     "baselines.fashionbert:FashionBertForPreTraining",
-    description="FashionBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked patch feature KL"
-    " (adaptive loss weighting optional)",
+    description="FashionBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked patch feature KL,"
+    " weighted by FashionBERT's adaptive loss",
 )
 MODELS.register(
     "kaleido",
