@@ -13,7 +13,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from kbench.errors import KbenchError
 from kbench.metrics import caption_scores, captioning
-from kbench.metrics.captioning import EnglishMeteor, meteor_scorer
+from kbench.metrics.captioning import EnglishMeteor, caption_scores_per_item, meteor_scorer
 
 REFERENCES = {
     "p1": ["Long sleeve cotton T-shirt in black. Crewneck collar, logo printed at chest."],
@@ -43,32 +43,66 @@ PERFECT_REFS = {i: refs[:1] for i, refs in REFERENCES.items()}
 PERFECT = {i: refs[0] for i, refs in PERFECT_REFS.items()}
 
 
-def library_scores(references: dict, candidates: dict) -> dict[str, float]:
-    """What COCOEvalCap.evaluate computes, less SPICE, x100."""
+def library_scores(references: dict, candidates: dict) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """What COCOEvalCap.evaluate computes, less SPICE, x100: the corpus scores and each metric's per-image
+    scores in the order of the ids."""
     tokenizer = PTBTokenizer()
     gts = tokenizer.tokenize({i: [{"caption": c} for c in refs] for i, refs in references.items()})
     res = tokenizer.tokenize({i: [{"caption": candidates[i]}] for i in references})
-    return {
-        "BLEU-4": 100 * Bleu(4).compute_score(gts, res, verbose=0)[0][3],
-        "METEOR": 100 * Meteor().compute_score(gts, res)[0],
-        "ROUGE-L": 100 * Rouge().compute_score(gts, res)[0],
-        "CIDEr": 100 * Cider().compute_score(gts, res)[0],
+    bleu, meteor = Bleu(4).compute_score(gts, res, verbose=0), Meteor().compute_score(gts, res)
+    rouge, cider = Rouge().compute_score(gts, res), Cider().compute_score(gts, res)
+    corpus = {
+        "BLEU-4": 100 * bleu[0][3],
+        "METEOR": 100 * meteor[0],
+        "ROUGE-L": 100 * rouge[0],
+        "CIDEr": 100 * cider[0],
     }
+    per_item = {
+        "BLEU-4": [100 * x for x in bleu[1][3]],
+        "METEOR": [100 * x for x in meteor[1]],
+        "ROUGE-L": [100 * x for x in rouge[1]],
+        "CIDEr": [100 * x for x in cider[1]],
+    }
+    assert list(gts) == list(references)  # the library's per-image lists follow the ids' order
+    return corpus, per_item
 
 
 @pytest.fixture(scope="module")
 def runs() -> dict:
-    """Two calls of caption_scores sharing one METEOR process, and the process before and after."""
+    """Calls of caption_scores and caption_scores_per_item sharing one METEOR process, the process before and
+    after, and the library's own scores of the same case."""
     first = meteor_scorer()
     scores = caption_scores(REFERENCES, CANDIDATES)
     perfect = caption_scores(PERFECT_REFS, PERFECT)
-    return {"first": first, "pid": first.meteor_p.pid, "scores": scores, "perfect": perfect}
+    per_item = caption_scores_per_item(REFERENCES, CANDIDATES)
+    library = library_scores(COLLAPSED, CANDIDATES)
+    pid = first.meteor_p.pid
+    return {"first": first, "pid": pid, "scores": scores, "perfect": perfect, "per_item": per_item, "library": library}
 
 
 def test_equals_pycocoevalcap(runs: dict) -> None:
-    expected = library_scores(COLLAPSED, CANDIDATES)
+    expected = runs["library"][0]
     assert runs["scores"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert all(v > 1 for v in expected.values())  # every metric sees matches, so equality is informative
+
+
+def test_per_item_scores_equal_pycocoevalcaps_per_image_output(runs: dict) -> None:
+    corpus, per_item = runs["per_item"]
+    expected = runs["library"][1]
+    assert corpus == runs["scores"]  # the same scores as the corpus-only call
+    assert list(per_item) == list(REFERENCES)
+    for metric, values in expected.items():
+        assert [per_item[i][metric] for i in REFERENCES] == pytest.approx(values, rel=1e-12, abs=1e-12)
+    assert per_item["p5"] == {"BLEU-4": 0.0, "METEOR": 0.0, "ROUGE-L": 0.0, "CIDEr": 0.0}  # the empty caption
+    assert all(per_item["p2"][m] > 1 for m in expected)  # the values are informative
+
+
+def test_per_item_rouge_and_cider_average_to_the_corpus_scores(runs: dict) -> None:
+    corpus, per_item = runs["per_item"]
+    for metric in ("ROUGE-L", "CIDEr"):
+        mean = sum(scores[metric] for scores in per_item.values()) / len(per_item)
+        assert mean == pytest.approx(corpus[metric], rel=1e-12)
+    assert sum(s["BLEU-4"] for s in per_item.values()) / len(per_item) != pytest.approx(corpus["BLEU-4"])
 
 
 def test_perfect_candidates(runs: dict) -> None:

@@ -71,14 +71,15 @@ def meteor_scorer() -> EnglishMeteor:
         return _meteor
 
 
-def _meteor_score(gts: dict, res: dict) -> float:
-    """Corpus METEOR on the shared scorer; one whose call failed or was interrupted is dropped, as its pipes
-    are out of step and the library leaves its lock held."""
+def _meteor_score(gts: dict, res: dict) -> tuple[float, list[float]]:
+    """Corpus METEOR and the per-segment scores of the same call, on the shared scorer; one whose call failed or
+    was interrupted is dropped, as its pipes are out of step and the library leaves its lock held."""
     global _meteor
     with _meteor_lock:
         scorer = meteor_scorer()
         try:
-            return float(scorer.compute_score(gts, res)[0])
+            corpus, per_item = scorer.compute_score(gts, res)
+            return float(corpus), [float(x) for x in per_item]
         except BaseException as e:
             _meteor = None
             scorer.close()
@@ -127,13 +128,33 @@ def caption_scores(
     An empty candidate is scored as pycocoevalcap scores it (zero for that id), like one that is all
     punctuation and so empty after tokenisation.
     """
+    return caption_scores_per_item(references, candidates)[0]
+
+
+def caption_scores_per_item(
+    references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Hashable, str]
+) -> tuple[dict[str, float], dict[Hashable, dict[str, float]]]:
+    """The corpus scores of :func:`caption_scores` and, from the same tokenisation and scorer calls, each id's
+    scores (x100) as pycocoevalcap computes them per image: BLEU-4's sentence score, METEOR's segment score,
+    ROUGE-L and CIDEr (document frequencies from the whole set). The corpus ROUGE-L and CIDEr are the means of
+    the per-item ones; corpus BLEU-4 and METEOR pool statistics over the set and are not."""
     _check(references, candidates)
     _require_java()
     gts = _tokenize(references)
     res = _tokenize({i: [candidates[i]] for i in references})
-    return {
-        "BLEU-4": 100.0 * float(Bleu(4).compute_score(gts, res, verbose=0)[0][3]),
-        "METEOR": 100.0 * _meteor_score(gts, res),
-        "ROUGE-L": 100.0 * float(Rouge().compute_score(gts, res)[0]),
-        "CIDEr": 100.0 * float(Cider().compute_score(gts, res)[0]),
+    bleu, bleu_items = Bleu(4).compute_score(gts, res, verbose=0)
+    meteor, meteor_items = _meteor_score(gts, res)
+    rouge, rouge_items = Rouge().compute_score(gts, res)
+    cider, cider_items = Cider().compute_score(gts, res)
+    corpus = {
+        "BLEU-4": 100.0 * float(bleu[3]),
+        "METEOR": 100.0 * meteor,
+        "ROUGE-L": 100.0 * float(rouge),
+        "CIDEr": 100.0 * float(cider),
     }
+    columns = zip(bleu_items[3], meteor_items, rouge_items, cider_items, strict=True)
+    per_item = {
+        i: {"BLEU-4": 100.0 * float(b), "METEOR": 100.0 * m, "ROUGE-L": 100.0 * float(r), "CIDEr": 100.0 * float(c)}
+        for i, (b, m, r, c) in zip(gts, columns, strict=True)  # every scorer walks the ids in gts's order
+    }
+    return corpus, per_item
