@@ -1,4 +1,4 @@
-"""The ``kbench`` command line: run, ablate, table, plot, ui, reproduce, ls, config, data, bench.
+"""The ``kbench`` command line: run, ablate, table, compare, plot, ui, reproduce, ls, config, data, bench.
 
 Every subcommand is a function of its parsed options, so tests drive the same entry point as users.
 """
@@ -67,8 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--dataset", help="only runs on this dataset (default: that of the newest run)")
     table.add_argument("--limit", type=int, help="only runs limited to the first N products (default: full runs)")
     table.add_argument("--output", type=Path, help="also write the table to this file")
+    table.add_argument(
+        "--config-hash", metavar="KEY", help="the runs of this config key (a prefix will do) where a model has several"
+    )
+    table.add_argument(
+        "--match",
+        action="store_true",
+        help="only runs whose config is what kbench run with these --profile, --dataset, --set, --config would use",
+    )
+    table.add_argument("--config", dest="config_files", type=Path, action="append", default=[], metavar="FILE")
+    table.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     _add_tracking_args(table)
     table.set_defaults(handler=cmd_table)
+
+    compare = sub.add_parser("compare", help="two runs or models metric by metric: paired intervals and p-values")
+    compare.add_argument("a", metavar="RUN_A", help="a run id, or model[:variant] (its newest config's seeds)")
+    compare.add_argument("b", metavar="RUN_B", help="a run id, or model[:variant]")
+    compare.add_argument("--format", default="md", choices=("md", "csv"))
+    compare.add_argument("--profile", help="of model[:variant] runs (default: that of the newest run)")
+    compare.add_argument("--dataset", help="of model[:variant] runs (default: that of the newest run)")
+    compare.add_argument("--limit", type=int, help="model[:variant] runs limited to N products (default: full runs)")
+    _add_tracking_args(compare)
+    compare.set_defaults(handler=cmd_compare)
 
     plot = sub.add_parser("plot", help="PNG figures of ablations and pre-training curves from MLflow runs")
     what = plot.add_mutually_exclusive_group(required=True)
@@ -225,18 +245,36 @@ def cmd_table(opts: argparse.Namespace) -> int:
     from kbench.tracking import tracking_uri
 
     uri = tracking_uri(opts.tracking_uri)
+    if (opts.overrides or opts.config_files) and not opts.match:
+        raise KbenchError("--set and --config choose the runs of --match; add --match")
+    match = None
+    if opts.match:
+        opts.profile = opts.profile or "default"  # as kbench run's
+        match = resolve_config(opts)
+    selection = {"limit": opts.limit, "config_hash": opts.config_hash, "match": match}
     if opts.ablation:
         text = build_ablation(
-            uri, opts.experiment, opts.ablation, opts.format, opts.profile, opts.dataset, limit=opts.limit
+            uri, opts.experiment, opts.ablation, opts.format, opts.profile, opts.dataset, **selection
         )
     else:
-        text = build_main(uri, opts.experiment, opts.format, opts.profile, opts.dataset, opts.limit)
+        text = build_main(uri, opts.experiment, opts.format, opts.profile, opts.dataset, **selection)
     if opts.output:
         from kbench.paths import atomic_path
 
         with atomic_path(opts.output) as tmp:
             tmp.write_text(text)
     print(text, end="")
+    return 0
+
+
+def cmd_compare(opts: argparse.Namespace) -> int:
+    from kbench.compare import compare_runs
+    from kbench.tracking import tracking_uri
+
+    uri = tracking_uri(opts.tracking_uri)
+    print(
+        compare_runs(uri, opts.experiment, opts.a, opts.b, opts.format, opts.profile, opts.dataset, opts.limit), end=""
+    )
     return 0
 
 

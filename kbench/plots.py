@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from kbench.ablations import BLOCKS, blocks
 from kbench.errors import KbenchError
 from kbench.paths import atomic_path
-from kbench.tables import AblationCell, ablation_cells, load_runs, select
+from kbench.selection import select
+from kbench.tables import AblationCell, Samples, ablation_cells, load_runs
 from kbench.tracking import Tracking, TrialRun, open_experiment
 
 SUMS = ("SumR", "SumCLS", "SumCAP")  # the paper's summary of each task family
@@ -67,13 +68,15 @@ def save(fig: Figure, path: Path) -> Path:
 
 def plot_ablation(uri: str, experiment: str, block: str, out_dir: Path, model: str = "kaleido") -> list[Path]:
     """``kbench plot --ablation BLOCK`` (``all`` for every block): one PNG per block, logged to a plot run."""
-    runs, profile, dataset = select(load_runs(uri, experiment), None, None)
+    chosen = select(load_runs(uri, experiment), None, None)
+    runs, profile, dataset = chosen.runs, chosen.profile, chosen.dataset
+    samples = Samples(uri)
     paths = []
     for name in blocks(block):
-        chosen = runs[runs["variant"].str.startswith(f"{name}:")]
-        if chosen.empty:
+        runs_of = runs[runs["variant"].str.startswith(f"{name}:")]
+        if runs_of.empty:
             raise KbenchError(f"no finished {name} ablation runs; run `kbench ablate {name}` first")
-        fig = ablation_figure(ablation_cells(chosen, name, model), name)
+        fig = ablation_figure(ablation_cells(runs_of, name, model, samples), name)
         paths.append(save(fig, out_dir / f"ablation-{name}-{profile}-{dataset}.png"))
     _log(uri, experiment, paths, {"plot": f"ablation:{block}", "profile": profile, "dataset": dataset})
     return paths
@@ -81,7 +84,8 @@ def plot_ablation(uri: str, experiment: str, block: str, out_dir: Path, model: s
 
 def plot_curves(uri: str, experiment: str, out_dir: Path, model: str = "kaleido") -> list[Path]:
     """``kbench plot --curves``: the newest finished default run of ``model``; the PNG goes to that run too."""
-    runs, profile, dataset = select(load_runs(uri, experiment), None, None)
+    chosen = select(load_runs(uri, experiment), None, None)
+    runs, profile, dataset = chosen.runs, chosen.profile, chosen.dataset
     mine = runs[(runs["model"] == model) & (runs["variant"] == "default")]
     if mine.empty:
         raise KbenchError(f"no finished {model} run with profile {profile!r}; run `kbench run --model {model}` first")

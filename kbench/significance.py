@@ -3,8 +3,9 @@
 Every tabulated metric is a statistic of its tasks' test items (a sum is one of several tasks' items), so it can be
 recomputed for a resample of them: a percentile bootstrap gives one run's interval, and a paired bootstrap and a
 paired approximate randomization (permutation) test compare two runs, or two sets of seed-paired runs, that
-scored the same items. Replicate ``r`` of stratum ``s`` (a seed pair and a task) draws from
-``numpy.random.default_rng((seed, kind, r, *s))``, so a result does not depend on how replicates are batched.
+scored the same items. The replicates of stratum ``s`` (a seed pair and a task) draw, one after the other, from
+``numpy.random.default_rng((seed, kind, *s))`` one uniform double per item (an index ``floor(u * n)``, or a swap
+when ``u < 0.5``), so a result does not depend on how replicates are batched.
 
 BLEU-4 and METEOR are corpus statistics, not means of their per-caption scores: their value is the logged corpus
 score, and their resamples move it by the change of the per-caption mean (``Items.offsets``); the permutation test
@@ -70,7 +71,10 @@ def items(task: str, records: Sequence[Mapping], corpus: Mapping[str, float] | N
     kind = KINDS[task]
     if kind == "retrieval":
         keys = np.array([f"{r['query_row']}/{r['list_id']}" for r in records], dtype=object)
-        return Items(task, keys, {"rank": np.array([r["rank"] for r in records], dtype=np.int64)})
+        fields = {"rank": np.array([r["rank"] for r in records], dtype=float)}
+        if records and records[0].get("tied") is not None:  # ``average`` ties: ranks are mean ranks
+            fields["tied"] = np.array([r["tied"] for r in records], dtype=float)
+        return Items(task, keys, fields)
     keys = np.array([str(r["row"]) for r in records], dtype=object)
     if kind == "classification":
         num_labels = int(records[0]["num_labels"]) if records else 0
@@ -119,7 +123,12 @@ def component(items: Items, name: str, fields: Mapping[str, np.ndarray]) -> np.n
     corpus offset."""
     kind = KINDS[items.task]
     if kind == "retrieval":
-        return 100.0 * (fields["rank"] <= int(name.removeprefix("R"))).mean(axis=1)
+        k = int(name.removeprefix("R"))
+        if "tied" not in fields:
+            return 100.0 * (fields["rank"] <= k).mean(axis=1)
+        # as kbench.metrics.recall_at_k: the expected hit over random orders of the candidates tied with the positive
+        higher = fields["rank"] - fields["tied"] / 2 - 1
+        return 100.0 * np.clip((k - higher) / (fields["tied"] + 1), 0.0, 1.0).mean(axis=1)
     if kind == "classification":
         score = accuracy if name == "acc" else macro_f
         return score(fields["outcome"], items.num_labels)
@@ -164,23 +173,26 @@ def _batches(resamples: int, n: int) -> Iterator[range]:
         yield range(start, min(start + step, resamples))
 
 
-def draws(seed: int, kind: int, replicates: range, stratum: tuple[int, ...], n: int) -> np.ndarray:
-    """(R, n) item indices (``kind`` 0, a bootstrap) or swap flags (``kind`` 1, a permutation) of ``replicates``."""
-    rows = []
-    for r in replicates:
-        rng = np.random.default_rng((seed, kind, r, *stratum))
-        rows.append(rng.integers(0, n, n) if kind == 0 else rng.random(n) < 0.5)
-    return np.stack(rows) if rows else np.zeros((0, n), dtype=np.int64)
+def generator(seed: int, kind: int, stratum: tuple[int, ...]) -> np.random.Generator:
+    """The random stream of one stratum's replicates: ``kind`` 0 for bootstrap resamples, 1 for permutations."""
+    return np.random.default_rng((seed, kind, *stratum))
+
+
+def draws(rng: np.random.Generator, kind: int, replicates: int, n: int) -> np.ndarray:
+    """The next ``replicates`` rows of (R, n) item indices (``kind`` 0) or swap flags (``kind`` 1) from ``rng``."""
+    uniform = rng.random((replicates, n))
+    return (uniform * n).astype(np.int64) if kind == 0 else uniform < 0.5
 
 
 def bootstrap(run: Run, metric: str, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """``metric`` over ``resamples`` bootstrap resamples of the run's items (each task's resampled on its own)."""
     tasks = tasks_of(metric)
+    streams = [generator(seed, 0, (0, i)) for i in range(len(tasks))]
     out = []
     for batch in _batches(resamples, max(len(run[t]) for t in tasks)):
         resampled = {}
         for i, t in enumerate(tasks):
-            index = draws(seed, 0, batch, (0, i), len(run[t]))
+            index = draws(streams[i], 0, len(batch), len(run[t]))
             resampled[t] = (run[t], {k: v[index] for k, v in run[t].fields.items()})
         out.append(statistic(metric, resampled, offsets=True))
     return np.concatenate(out)
@@ -212,11 +224,17 @@ class Comparison:
 
 
 def compare(
-    a: Sequence[Run], b: Sequence[Run], metric: str, resamples: int = RESAMPLES, seed: int = SEED
+    a: Sequence[Run],
+    b: Sequence[Run],
+    metric: str,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    interval: bool = True,
 ) -> Comparison:
     """``metric`` of the runs ``a`` against ``b``, the i-th of ``a`` paired with the i-th of ``b`` (same seed), each
     pair over the items both scored. Resamples draw items jointly for A and B; swaps exchange A's and B's result of
-    an item within its pair; p = (1 + #{|d*| >= |d|}) / (1 + resamples)."""
+    an item within its pair; p = (1 + #{|d*| >= |d|}) / (1 + resamples). Without ``interval`` (a test alone), the
+    interval's bounds are NaN."""
     if not a or len(a) != len(b):
         raise ValueError(f"need as many runs in A as in B, at least one (have {len(a)} and {len(b)})")
     tasks = tasks_of(metric)
@@ -228,6 +246,7 @@ def compare(
     def paired(kind: int) -> np.ndarray:
         """Mean over pairs of metric(A) - metric(B) per replicate: of resamples (0) or of swapped items (1)."""
         n = max(len(pair[t][0]) for pair in pairs for t in tasks)
+        streams = {(j, i): generator(seed, kind, (j, i)) for j in range(len(pairs)) for i in range(len(tasks))}
         out = []
         for batch in _batches(resamples, n):
             total = np.zeros(len(batch))
@@ -235,7 +254,7 @@ def compare(
                 side_a, side_b = {}, {}
                 for i, t in enumerate(tasks):
                     x, y = pair[t]
-                    drawn = draws(seed, kind, batch, (j, i), len(x))
+                    drawn = draws(streams[j, i], kind, len(batch), len(x))
                     if kind == 0:
                         side_a[t] = (x, {k: v[drawn] for k, v in x.fields.items()})
                         side_b[t] = (y, {k: v[drawn] for k, v in y.fields.items()})
@@ -246,7 +265,7 @@ def compare(
             out.append(total / len(pairs))
         return np.concatenate(out)
 
-    low, high = np.percentile(paired(0), [2.5, 97.5])
+    low, high = np.percentile(paired(0), [2.5, 97.5]) if interval else (np.nan, np.nan)
     observed = np.mean(
         [
             value({t: x for t, (x, _) in pair.items()}, metric, False)

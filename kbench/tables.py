@@ -1,7 +1,9 @@
 """The paper's tables rebuilt from MLflow runs alone, with the published numbers beside ours.
 
-One finished MLflow run is one cell source (a model, variant and seed); nothing here recomputes a metric.
-Several seeds of one model are shown as mean ± the half-width of a 95 % t-interval.
+One finished MLflow run is one cell source (a model, variant and seed) and a cell aggregates the seeds of one
+configuration (``kbench.selection``). Several seeds are shown as mean ± the half-width of a 95 % t-interval, one seed
+as its value ± half the width of a 95 % bootstrap interval over its test items (``kbench.significance``, from the
+run's per-sample records). Ablation changes are tested with a paired randomization test over items and seeds.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 from tabulate import tabulate
 
+from kbench import significance
 from kbench.ablations import BLOCKS, blocks
+from kbench.config import Config
 from kbench.errors import KbenchError
+from kbench.selection import Selection, select
 
 FORMATS = ("md", "latex", "csv", "html")
 STYLES = {"md": "github", "latex": "latex_booktabs", "html": "html"}
@@ -33,6 +38,9 @@ PAPER_ROWS = {
     "imagebert": "ImageBERT",
     "oscar": "OSCAR",
 }
+# Entries that stand in for the paper's detector-based models with 8x8 patches: labelled "<paper name>-style".
+DETECTOR_FREE = ("vilbert", "vlbert", "imagebert", "oscar")
+T_INTERVAL, BOOTSTRAP = "t over seeds", "bootstrap"
 
 
 @dataclass(frozen=True)
@@ -110,33 +118,11 @@ def load_runs(uri: str, experiment: str) -> pd.DataFrame:
             "start_time": r.info.start_time,
             **{k.removeprefix("kbench."): v for k, v in r.data.tags.items() if k.startswith("kbench.")},
             **r.data.metrics,
+            "params": dict(r.data.params),
         }
         for r in runs
     ]
     return pd.DataFrame(rows).sort_values("start_time", ascending=False) if rows else pd.DataFrame()
-
-
-def select(
-    runs: pd.DataFrame, profile: str | None, dataset: str | None, limit: int | None = None
-) -> tuple[pd.DataFrame, str, str]:
-    """Runs of one profile and dataset (default: those of the newest run), the newest per (model, variant, seed).
-
-    Runs limited to the first N products (``--limit``) are only ever tabulated with runs of the same limit: without
-    ``limit``, only full runs are.
-    """
-    if runs.empty:
-        raise KbenchError("no finished kbench runs to tabulate; run `kbench run` first")
-    limits = runs["limit"] if "limit" in runs else pd.Series(None, index=runs.index, dtype=object)
-    runs = runs[limits.isna()] if limit is None else runs[limits == str(limit)]
-    if runs.empty:
-        which = "full (not --limit)" if limit is None else f"--limit {limit}"
-        raise KbenchError(f"no finished {which} kbench runs to tabulate")
-    profile = profile or runs["profile"].iloc[0]
-    dataset = dataset or runs["dataset"].iloc[0]
-    chosen = runs[(runs["profile"] == profile) & (runs["dataset"] == dataset)]
-    if chosen.empty:
-        raise KbenchError(f"no finished runs with profile {profile!r} and dataset {dataset!r}")
-    return chosen.drop_duplicates(["model", "variant", "seed"]), profile, dataset
 
 
 def _limited(limit: int | None) -> str:
@@ -157,7 +143,51 @@ def summarise(values: pd.Series) -> tuple[float, float | None, int]:
 Cell = tuple[float | None, float | None]  # (value, 95 % half-width or None)
 
 
-def main_tables(runs: pd.DataFrame) -> list[tuple[str, list[Column], list[dict]]]:
+def label(model: str) -> str:
+    """Our row's name: the paper's model name with "(kbench)", "-style" for detector-free stand-ins."""
+    if model not in PAPER_ROWS:
+        return f"{model} (kbench)"
+    return f"{PAPER_ROWS[model]}{'-style' if model in DETECTOR_FREE else ''} (kbench)"
+
+
+class Samples:
+    """The per-sample records of runs (``samples/<task>.jsonl`` artifacts) as ``significance.Items``, read once."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._runs: dict[str, dict[str, significance.Items]] = {}
+
+    def of(self, run: pd.Series) -> dict[str, significance.Items]:
+        """Items by task of the tasks ``run`` logged samples for (none for runs older than per-sample records)."""
+        from kbench.samples import read_samples
+
+        if run["run_id"] not in self._runs:
+            found = {}
+            for task in significance.KINDS:
+                try:
+                    records = read_samples(self.uri, run["run_id"], task).to_dict("records")
+                except KbenchError:  # the run has none for this task
+                    continue
+                corpus = {m: run[f"fc/{m}"] for m in significance.CORPUS_SCORES if task == "fc" and f"fc/{m}" in run}
+                found[task] = significance.items(task, records, corpus)
+            self._runs[run["run_id"]] = found
+        return self._runs[run["run_id"]]
+
+
+def interval(runs: pd.DataFrame, metric: str, samples: Samples) -> tuple[float, float | None, int, str | None]:
+    """Value, 95 % half-width, seed count and the interval's kind (``T_INTERVAL``, ``BOOTSTRAP`` or None when there
+    is none: one seed without per-sample records) of ``metric`` over ``runs``."""
+    mean, half, n = summarise(runs.get(metric, pd.Series(dtype=float)))
+    if n >= 2:
+        return mean, half, n, T_INTERVAL
+    if n == 1:
+        run = samples.of(runs[runs[metric].notna()].iloc[0])
+        if significance.has(run, metric):
+            return mean, significance.half_width(significance.bootstrap(run, metric)), n, BOOTSTRAP
+    return mean, None, n, None
+
+
+def main_tables(runs: pd.DataFrame, samples: Samples) -> list[tuple[str, list[Column], list[dict]]]:
     """Tables 2 and 3: for each of our models, the paper's row (when the paper has one) then ours."""
     order = list(PAPER_ROWS)
     runs = runs[runs["variant"] == "default"]  # ablation variants have their own tables
@@ -170,10 +200,15 @@ def main_tables(runs: pd.DataFrame) -> list[tuple[str, list[Column], list[dict]]
             name = PAPER_ROWS.get(model)
             if name in paper:
                 cells = {c.header: (paper[name][c.paper], None) for c in columns}
-                rows.append({"model": name, "source": "paper", "seeds": "", **cells})
-            mine = runs[(runs["model"] == model) & (runs["variant"] == "default")]
-            cells = {c.header: summarise(mine.get(c.metric, pd.Series(dtype=float)))[:2] for c in columns}
-            rows.append({"model": model, "source": "kbench", "seeds": str(len(mine)), **cells})
+                rows.append({"model": name, "source": "paper", "seeds": "", "interval": "", **cells})
+            mine = runs[runs["model"] == model]
+            found = {c.header: interval(mine, c.metric, samples) for c in columns}
+            kinds = {kind for *_, kind in found.values() if kind}
+            kind = " and ".join(sorted(kinds)) if kinds else "n/a"
+            cells = {h: (value, half) for h, (value, half, _, _) in found.items()}
+            rows.append(
+                {"model": label(model), "source": "kbench", "seeds": str(len(mine)), "interval": kind, **cells}
+            )
         out.append((title, list(columns), rows))
     return out
 
@@ -186,12 +221,15 @@ def _fmt(cell: Cell, column: Column) -> str:
     return text if half is None else f"{text} ± {half:.{column.decimals}f}"
 
 
+IDENTITY = ("model", "source", "seeds", "interval")  # the columns before the metrics
+
+
 def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption: str) -> str:
     """Markdown or LaTeX (booktabs) text of ``tables``, or one CSV with a value and a CI column per metric."""
     if fmt == "csv":
         frames = []
         for i, (_, columns, rows) in enumerate(tables):
-            data = {k: [r[k] for r in rows] for k in ("model", "source", "seeds")} if i == 0 else {}
+            data = {k: [r[k] for r in rows] for k in IDENTITY} if i == 0 else {}
             for c in columns:
                 data[c.header] = [r[c.header][0] for r in rows]
                 data[f"{c.header} CI95"] = [r[c.header][1] for r in rows]
@@ -202,7 +240,7 @@ def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption
         frame = pd.DataFrame(
             [
                 {
-                    **{k: r[k] for k in ("model", "source", "seeds")},
+                    **{k: r[k] for k in IDENTITY},
                     **{c.header: _fmt(r[c.header], c) for c in columns},
                 }
                 for r in rows
@@ -229,15 +267,39 @@ def build_main(
     profile: str | None = None,
     dataset: str | None = None,
     limit: int | None = None,
+    config_hash: str | None = None,
+    match: Config | None = None,
 ) -> str:
-    """``kbench table --main``: Tables 2 and 3 from the runs of ``experiment``."""
+    """``kbench table --main``: Tables 2 and 3 from the runs of ``experiment`` (``select`` says which)."""
     _check_format(fmt)
-    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset, limit)
+    chosen = select(load_runs(uri, experiment), profile, dataset, limit, config_hash, match)
+    tables = main_tables(chosen.runs, Samples(uri))
+    kbench_rows = [r for _, _, rows in tables for r in rows if r["source"] == "kbench"]
     caption = (
-        f"kbench: profile {profile}, dataset {dataset}{_limited(limit)}, protocol {_protocols(runs)}; "
-        "mean ± 95% CI over seeds; paper: Kaleido-BERT (CVPR 2021)."
+        f"{_setting(chosen, limit)}; ours as mean ± 95% interval: a t-interval over seeds where there are 2 or more, "
+        f"else a bootstrap over test items ({significance.RESAMPLES:,} resamples)"
+        f"{_without_samples(any(r['interval'] == 'n/a' and r['seeds'] == '1' for r in kbench_rows))}; "
+        "X-style (kbench): detector-free stand-ins (8x8 patches) for the paper's detector-based models; "
+        f"paper: Kaleido-BERT (CVPR 2021).{_notes(chosen)}"
     )
-    return render(main_tables(runs), fmt, caption)
+    return render(tables, fmt, caption)
+
+
+def _setting(chosen: Selection, limit: int | None) -> str:
+    """Where the runs come from: profile, dataset, limit and protocol."""
+    return (
+        f"kbench: profile {chosen.profile}, dataset {chosen.dataset}{_limited(limit)}, "
+        f"protocol {_protocols(chosen.runs)}"
+    )
+
+
+def _without_samples(missing: bool) -> str:
+    return "; runs without per-sample records have no interval (n/a)" if missing else ""
+
+
+def _notes(chosen: Selection) -> str:
+    """The selection's notes (runs under other configurations left out), as caption sentences."""
+    return "".join(f" {note}." for note in chosen.notes)
 
 
 def _check_format(fmt: str) -> None:
@@ -256,33 +318,33 @@ class AblationCell:
     ours: Cell
     seeds: int
     relative: float | None  # percent change of our mean against the baseline's
-    overlaps: bool  # our interval overlaps the baseline's (the difference is not significant at 95 %)
+    p: float | None  # paired randomization test of the change over items and seeds (None: untested)
     paper: float | None
     paper_relative: float | None
 
+    @property
+    def significant(self) -> bool:
+        return self.p is not None and self.p < significance.ALPHA
 
-def ablation_cells(runs: pd.DataFrame, block: str, model: str) -> dict[str, dict[str, AblationCell]]:
+
+def ablation_cells(runs: pd.DataFrame, block: str, model: str, samples: Samples) -> dict[str, dict[str, AblationCell]]:
     """metric header -> variant label -> cell, metrics and variants in the paper's order."""
     variants = BLOCKS[block]
     paper = published()["table4_ablations"]
+    of = {v.label: runs[(runs["model"] == model) & (runs["variant"] == v.tag)] for v in variants}
     out: dict[str, dict[str, AblationCell]] = {}
     for column in ABLATION_METRICS:
-        stats_of = {
-            v.label: summarise(
-                runs[(runs["model"] == model) & (runs["variant"] == v.tag)].get(column.metric, pd.Series(dtype=float))
-            )
-            for v in variants
-        }
+        stats_of = {v.label: interval(of[v.label], column.metric, samples) for v in variants}
         base, base_paper = stats_of[variants[0].label], paper[variants[0].paper][column.paper]
         row = {}
         for i, v in enumerate(variants):
-            mean, half, n = stats_of[v.label]
+            mean, half, n, _ = stats_of[v.label]
             published_value = paper[v.paper][column.paper]
             row[v.label] = AblationCell(
                 ours=(mean, half),
                 seeds=n,
                 relative=None if i == 0 else _relative(mean, base[0]),
-                overlaps=i > 0 and _overlap((mean, half), base[:2]),
+                p=None if i == 0 else paired_p(of[v.label], of[variants[0].label], column.metric, samples),
                 paper=published_value,
                 paper_relative=None if i == 0 else _relative(published_value, base_paper),
             )
@@ -290,17 +352,20 @@ def ablation_cells(runs: pd.DataFrame, block: str, model: str) -> dict[str, dict
     return out
 
 
+def paired_p(a: pd.DataFrame, b: pd.DataFrame, metric: str, samples: Samples) -> float | None:
+    """p of the paired randomization test of ``metric`` between the runs ``a`` and ``b``, paired by seed; None
+    without common seeds or per-sample records."""
+    seeds = sorted(set(a["seed"]) & set(b["seed"]), key=int)
+    pairs = [(samples.of(a[a["seed"] == s].iloc[0]), samples.of(b[b["seed"] == s].iloc[0])) for s in seeds]
+    if not pairs or not all(significance.has(x, metric) and significance.has(y, metric) for x, y in pairs):
+        return None
+    return significance.compare([x for x, _ in pairs], [y for _, y in pairs], metric, interval=False).p
+
+
 def _relative(value: float | None, base: float | None) -> float | None:
     if value is None or base is None or np.isnan(value) or np.isnan(base) or base == 0:
         return None
     return 100.0 * (value - base) / abs(base)
-
-
-def _overlap(a: Cell, b: Cell) -> bool:
-    """Both 95 % intervals known and overlapping."""
-    if a[1] is None or b[1] is None or a[0] is None or b[0] is None:
-        return False
-    return abs(a[0] - b[0]) <= a[1] + b[1]
 
 
 def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: str, caption: str) -> str:
@@ -318,7 +383,8 @@ def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: 
                     f"{label} CI95": cell.ours[1],
                     f"{label} seeds": cell.seeds,
                     f"{label} change %": cell.relative,
-                    f"{label} overlaps baseline": cell.overlaps,
+                    f"{label} p": cell.p,
+                    f"{label} significant": cell.significant,
                     f"{label} paper": cell.paper,
                     f"{label} paper change %": cell.paper_relative,
                 }
@@ -330,7 +396,7 @@ def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: 
         record = {"metric": metric}
         for label in labels:
             cell = row[label]
-            ours = _fmt(cell.ours, column) + _change(cell.relative) + (" †" if cell.overlaps else "")
+            ours = _fmt(cell.ours, column) + _change(cell.relative) + (" *" if cell.significant else "")
             paper = "–" if cell.paper is None else f"{cell.paper:.{column.decimals}f}" + _change(cell.paper_relative)
             record |= {label: ours, f"{label} (paper)": paper}
         records.append(record)
@@ -351,19 +417,26 @@ def build_ablation(
     dataset: str | None = None,
     model: str = "kaleido",
     limit: int | None = None,
+    config_hash: str | None = None,
+    match: Config | None = None,
 ) -> str:
     """``kbench table --ablation BLOCK``: one block of Table 4 from the runs of ``experiment``."""
     _check_format(fmt)
     blocks(block)
-    runs, profile, dataset = select(load_runs(uri, experiment), profile, dataset, limit)
-    runs = runs[runs["variant"].str.startswith(f"{block}:")]
-    if runs.empty:
+    chosen = select(load_runs(uri, experiment), profile, dataset, limit, config_hash, match)
+    chosen.runs = chosen.runs[chosen.runs["variant"].str.startswith(f"{block}:")]
+    chosen.notes = [n for n in chosen.notes if n.startswith(f"{model} {block}:")]
+    if chosen.runs.empty:
         raise KbenchError(f"no finished {block} ablation runs; run `kbench ablate {block}` first")
+    cells = ablation_cells(chosen.runs, block, model, Samples(uri))
+    untested = any(c.p is None and c.relative is not None for row in cells.values() for c in row.values())
     baseline = BLOCKS[block][0].label
     caption = (
-        f"kbench {model}: profile {profile}, dataset {dataset}{_limited(limit)}, protocol {_protocols(runs)}; "
-        "ours as mean ± 95% CI "
-        f"over seeds with the change against {baseline} in brackets; † our interval overlaps {baseline}'s; "
-        "paper: Kaleido-BERT Table 4."
+        f"{_setting(chosen, limit).replace('kbench:', f'kbench {model}:')}; ours as mean ± 95% interval "
+        f"(t over seeds where there are 2 or more, else a bootstrap over test items) with the change against "
+        f"{baseline} in brackets; * the change is significant (p < {significance.ALPHA}, paired randomization test "
+        f"over test items and seeds, {significance.RESAMPLES:,} resamples)"
+        f"{'; changes of runs without per-sample records are not tested' if untested else ''}; "
+        f"paper: Kaleido-BERT Table 4.{_notes(chosen)}"
     )
-    return render_ablation(ablation_cells(runs, block, model), block, fmt, caption)
+    return render_ablation(cells, block, fmt, caption)

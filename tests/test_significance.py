@@ -9,11 +9,11 @@ import pytest
 from sklearn.metrics import f1_score
 
 from kbench.errors import KbenchError
+from kbench.metrics.retrieval import recall_at_k
 from kbench.significance import (
     Items,
     bootstrap,
     compare,
-    draws,
     half_width,
     items,
     macro_f,
@@ -68,6 +68,22 @@ def test_values_reproduce_the_logged_metrics() -> None:
     assert value(run, "sums/SumCLS") == pytest.approx(50 + 100 * cr_f + 50 + 100 * sub_f)
 
 
+def test_recall_under_average_ties_is_the_metrics_expectation() -> None:
+    ranks, tied = np.array([1.0, 2.5, 6.0, 11.5]), np.array([0, 3, 2, 1])
+    run = {
+        "itr": items(
+            "itr",
+            [
+                {"query_row": i, "list_id": "l", "rank": r, "tied": t}
+                for i, (r, t) in enumerate(zip(ranks, tied, strict=True))
+            ],
+        )
+    }
+    expected = recall_at_k(ranks, (1, 5, 10), tied)
+    assert [value(run, f"itr/R{k}") for k in (1, 5, 10)] == pytest.approx([expected[f"R@{k}"] for k in (1, 5, 10)])
+    assert value(run, "itr/R1") == pytest.approx(100 * (1 + 1 / 4) / 4)  # the first query, and one in four orders
+
+
 def test_bleu_and_meteor_keep_their_corpus_value() -> None:
     scores = np.array([[10.0, 20.0, 30.0, 40.0], [20.0, 30.0, 50.0, 60.0]])
     fc = captioning(scores, {"BLEU-4": 12.0, "METEOR": 24.0, "ROUGE-L": 40.0, "CIDEr": 50.0})
@@ -83,8 +99,9 @@ def test_bootstrap_against_a_loop() -> None:
     labels, predictions = run["cr"].fields["outcome"] // 5 - 1, run["cr"].fields["outcome"] % 5
     resampled = bootstrap(run, "cr/macro_f", resamples=300, seed=7)
     expected = []
-    for r in range(300):
-        index = np.random.default_rng((7, 0, r, 0, 0)).integers(0, 40, 40)
+    stream = np.random.default_rng((7, 0, 0, 0))
+    for _ in range(300):
+        index = np.floor(stream.random(40) * 40).astype(int)
         expected.append(f1_score(labels[index], predictions[index], labels=range(5), average="macro", zero_division=0))
     assert resampled == pytest.approx(expected, abs=1e-12)
     low, high = np.percentile(expected, [2.5, 97.5])
@@ -141,17 +158,18 @@ def test_paired_interval_against_a_loop_over_seed_pairs() -> None:
     b = [{"itr": retrieval(list(r))} for r in ranks[2:]]
     result = compare(a, b, "itr/R5", resamples=400, seed=2)
     differences = []
-    for r in range(400):
+    streams = [np.random.default_rng((2, 0, j, 0)) for j in range(2)]
+    for _ in range(400):
         per_pair = []
         for j in range(2):
-            index = np.random.default_rng((2, 0, r, j, 0)).integers(0, 25, 25)
+            index = np.floor(streams[j].random(25) * 25).astype(int)
             per_pair.append(100 * np.mean(ranks[j][index] <= 5) - 100 * np.mean(ranks[2 + j][index] <= 5))
         differences.append(np.mean(per_pair))
     low, high = np.percentile(differences, [2.5, 97.5])
     assert (result.low, result.high) == pytest.approx((low, high))
     observed = np.mean([100 * np.mean(ranks[j] <= 5) - 100 * np.mean(ranks[2 + j] <= 5) for j in range(2)])
     assert result.difference == pytest.approx(observed) and result.pairs == 2
-    swaps = draws(2, 1, range(400), (0, 0), 25), draws(2, 1, range(400), (1, 0), 25)
+    swaps = [np.random.default_rng((2, 1, j, 0)).random((400, 25)) < 0.5 for j in range(2)]
     swapped = np.mean(
         [
             100 * np.mean(np.where(s, ranks[2 + j], ranks[j]) <= 5, axis=1)
