@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from kbench.cli import main
 from kbench.plots import SUMS, ablation_figure, curves_figure, plot_ablation, plot_curves
-from kbench.tables import ablation_cells, load_runs
+from kbench.tables import Samples, ablation_cells, load_runs
 from kbench.tracking import Tracking, TrialRun, open_experiment
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -40,7 +40,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_ablation_bars_hold_our_means_intervals_and_the_papers_values(store: str, tmp_path: Path) -> None:
     runs = load_runs(store, "plots")
-    fig = ablation_figure(ablation_cells(runs, "agm", "kaleido"), "agm")
+    fig = ablation_figure(ablation_cells(runs, "agm", "kaleido", Samples(store)), "agm")
     panel = fig.axes[SUMS.index("SumR")]
     assert [bar.get_height() for bar in panel.patches] == pytest.approx([105.0, 130.0])
     bars = next(c for c in panel.containers if isinstance(c, BarContainer))
