@@ -98,11 +98,11 @@ def test_table_is_rebuilt_from_mlflow(smoke_run: dict, capsys: pytest.CaptureFix
     printed = capsys.readouterr().out
     assert code == 0 and printed == out_file.read_text()
     lines = printed.splitlines()
-    assert lines[0].startswith("model,source,seeds,ITR R@1,ITR R@1 CI95,ITR R@5")
-    assert lines[1].startswith("FashionBERT,paper,,23.96,,46.31,,52.12,,26.75,,46.48,,55.74,,251.36,,91.25,,0.705,")
-    assert lines[2].startswith("fashionbert,kbench,1,")
-    assert lines[3].startswith("Kaleido-BERT,paper,,27.99,,60.09,,68.37,")
-    assert lines[4].startswith("kaleido,kbench,1,")
+    assert lines[0].startswith("model,source,seeds,interval,ITR R@1,ITR R@1 CI95,ITR R@5")
+    assert lines[1].startswith("FashionBERT,paper,,,23.96,,46.31,,52.12,,26.75,,46.48,,55.74,,251.36,,91.25,,0.705,")
+    assert lines[2].startswith("FashionBERT (kbench),kbench,1,")
+    assert lines[3].startswith("Kaleido-BERT,paper,,,27.99,,60.09,,68.37,")
+    assert lines[4].startswith("Kaleido-BERT (kbench),kbench,1,")
 
 
 def test_every_zoo_entry_runs_every_task_it_can(smoke_run: dict, capsys: pytest.CaptureFixture) -> None:
@@ -125,9 +125,9 @@ def test_every_zoo_entry_runs_every_task_it_can(smoke_run: dict, capsys: pytest.
             assert "kbench.skipped_tasks" not in run.data.tags and "sums/SumCAP" in metrics, name
     assert main(["table", "--main", "--tracking-uri", smoke_run["uri"], "--experiment", "e2e"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
-    assert {"vilbert", "vlbert", "imagebert", "oscar", "clip", "ViLBERT", "VL-BERT", "ImageBERT", "OSCAR"} <= set(rows)
-    cells = [c.strip() for c in rows["clip"].strip(" |").split("|")]  # Table 3's row: captioning is not run
-    assert cells[-5:] == ["–"] * 5 and cells[3] != "–"
+    assert {"ViLBERT-style (kbench)", "OSCAR-style (kbench)", "clip (kbench)", "ViLBERT", "OSCAR"} <= set(rows)
+    cells = [c.strip() for c in rows["clip (kbench)"].strip(" |").split("|")]  # Table 3's row: captioning is not run
+    assert cells[-5:] == ["–"] * 5 and cells[4] != "–"
 
 
 def test_kaleido_logs_its_pretext_tasks_and_measurements(smoke_run: dict) -> None:
