@@ -1,22 +1,27 @@
 """Tables rebuilt from a real MLflow store of fabricated finished runs (metrics, params, per-sample records), pinned
-by golden files for every format; cells aggregate like with like and carry intervals from the per-sample records."""
+by golden files for every format; cells aggregate like with like and carry intervals from the per-sample records;
+``kbench compare`` on the same store."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
 from kbench import samples
 from kbench.ablations import BLOCKS
 from kbench.cli import main
+from kbench.compare import compare_runs, pairs
 from kbench.config import load_config
 from kbench.errors import KbenchError
 from kbench.significance import CAPTION_SCORES, bootstrap, half_width, items
 from kbench.tables import (
+    ABLATION_METRICS,
     FORMATS,
     Samples,
     ablation_cells,
@@ -326,3 +331,56 @@ def test_every_variant_has_its_paper_column_and_option() -> None:
     assert [v.tag for v in BLOCKS["agm"]] == ["agm:random", "agm:agm"]
     assert BLOCKS["akpm"][3].overrides("kaleido") == ("models.kaleido.akpm=B+I~III",)
     assert BLOCKS["kpg"][0].overrides("kaleido") == ("models.kaleido.kpg=scale-fixed",)
+
+
+def compare_csv(store: str, a: str, b: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(compare_runs(store, "tables", a, b, "csv", profile="default", dataset="synth")))
+
+
+def test_compare_identical_runs_differ_by_zero_with_p_one(store: str) -> None:
+    runs = load_runs(store, "tables")
+    scale_fixed, kaleido = (runs[runs["variant"] == v].iloc[0]["run_id"] for v in ("kpg:scale-fixed", "kpg:kaleido"))
+    table = compare_csv(store, scale_fixed, kaleido)  # two configurations whose results are identical
+    assert len(table) == 17 and (table["difference"] == 0).all() and (table["p"] == 1).all()
+    assert (table["low"] == 0).all() and (table["high"] == 0).all() and not table["significant"].any()
+
+
+def test_compare_states_which_differences_are_significant(store: str) -> None:
+    runs = load_runs(store, "tables")
+    guided, random = (runs[runs["variant"] == v].sort_values("seed") for v in ("agm:agm", "agm:random"))
+    table = compare_csv(store, "kaleido:agm:agm", "kaleido:agm:random").set_index("metric")
+    for metric in ("ITR R@1", "SumR", "SUB macro-F", "BLEU-4", "SumCAP"):
+        key = next(c.metric for c in ABLATION_METRICS if c.header == metric)
+        difference = guided[key].mean() - random[key].mean()  # the mean over the seed pairs of the logged values
+        row = table.loc[metric]
+        assert (
+            row["difference"] == pytest.approx(difference, rel=1e-5) and row["low"] <= row["difference"] <= row["high"]
+        )
+    assert table.loc["SumR", "significant"] and table.loc["SumR", "p"] == pytest.approx(1 / 1001)
+    text = compare_runs(store, "tables", "kaleido:agm:agm", "kaleido:agm:random", profile="default", dataset="synth")
+    assert text.startswith("A: kaleido:agm:agm, seeds 0, 1 (runs ") and "2 pair(s) over the same test items" in text
+    assert "| SumR " in text and "| yes " in text
+
+
+def test_compare_two_seeds_of_one_model(store: str) -> None:
+    runs = load_runs(store, "tables")
+    seeds = runs[(runs["model"] == "fashionbert") & (runs["profile"] == "default") & runs["limit"].isna()]
+    seeds = seeds.sort_values("seed")
+    table = compare_csv(store, seeds.iloc[0]["run_id"], seeds.iloc[1]["run_id"]).set_index("metric")
+    assert table.loc["CIDEr", "difference"] == pytest.approx(
+        seeds["fc/CIDEr"].iloc[0] - seeds["fc/CIDEr"].iloc[1], rel=1e-5
+    )
+    contains_zero = (table["low"] <= 0) & (table["high"] >= 0)
+    assert contains_zero.sum() == 15 and table["significant"].sum() == 1  # seeds 0.4 vs 0.45: SumCAP tells
+
+
+def test_compare_bad_input_is_one_line(store: str, capsys: pytest.CaptureFixture) -> None:
+    common = ["--tracking-uri", store, "--experiment", "tables", "--profile", "default"]
+    assert main(["compare", "nosuchmodel", "clip", *common]) == 2
+    err = capsys.readouterr().err
+    assert err == "kbench: error: 'nosuchmodel' is neither a run id nor a model[:variant] with finished runs\n"
+    assert main(["compare", "vilbert", "clip", *common]) == 2  # vilbert's run predates per-sample records
+    assert "have no per-sample records" in capsys.readouterr().err
+    two = pd.DataFrame({"seed": ["0", "1"]})
+    with pytest.raises(KbenchError, match="no seed in common to pair: A has 0, 1, B has 2, 3"):
+        pairs(two, pd.DataFrame({"seed": ["2", "3"]}))
