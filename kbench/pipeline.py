@@ -14,6 +14,7 @@ from kbench.config import Config
 from kbench.memory import peak_memory
 from kbench.metrics import sum_cap, sum_cls, sum_r
 from kbench.pretraining import pretrained_model
+from kbench.samples import ARTIFACT_DIR, to_jsonl
 from kbench.tasks import TASKS, build_task
 from kbench.tracking import Tracking, TrialRun, flatten
 from kbench.trial import Trial, TrialSpec, config_key, seed_everything
@@ -72,6 +73,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
                 run.log_metrics({f"{name}/finetune_{k}": v for k, v in values.items()}, step=epoch)
             for filename, content in result.artifacts.items():
                 run.log_text(filename, content)
+            run.log_text(f"{name}.jsonl", to_jsonl(result.samples), ARTIFACT_DIR)
             if task.card.kind == "retrieval":
                 run.set_tags({"protocol": f"{task.protocol.name} v{task.protocol.version}"})
         metrics |= sums(metrics)

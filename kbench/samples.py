@@ -22,7 +22,8 @@ from kbench.errors import KbenchError
 
 ARTIFACT_DIR = "samples"
 
-# The fields of one line, per task kind (retrieval lines of dual encoders also have FULL_RANK_FIELD).
+# The fields of one line, per task kind. Retrieval lines of dual encoders also have FULL_RANK_FIELD; under the
+# ``average`` tie policy ranks are mean ranks and lines also have ``tied`` (and ``pretrained_tied``).
 RETRIEVAL_FIELDS = ("query_row", "list_id", "rank", "pretrained_rank", "score")
 FULL_RANK_FIELD = "full_rank"
 CLASSIFICATION_FIELDS = ("row", "product_id", "label", "prediction", "label_id", "prediction_id", "num_labels")
@@ -51,24 +52,18 @@ def list_id(candidates: Sequence[int], positive: int, protocol: str, version: in
 
 
 def retrieval_record(
-    query_row: int,
-    list_id: str,
-    rank: int,
-    pretrained_rank: int | None,
-    score: float,
-    full_rank: int | None = None,
+    query_row: int, list_id: str, rank: float, pretrained_rank: float | None, score: float, **extra: int | float
 ) -> dict[str, Any]:
-    """One retrieval query: the 1-based rank of its positive (fine-tuned and pre-trained head) and its score."""
-    record = {
+    """One retrieval query: the 1-based rank of its positive (fine-tuned and pre-trained head) and its score;
+    ``extra`` are the optional fields (``full_rank``; ``tied`` and ``pretrained_tied`` under ``average`` ties)."""
+    return {
         "query_row": int(query_row),
         "list_id": list_id,
-        "rank": int(rank),
-        "pretrained_rank": None if pretrained_rank is None else int(pretrained_rank),
+        "rank": rank,
+        "pretrained_rank": pretrained_rank,
         "score": float(score),
+        **extra,
     }
-    if full_rank is not None:
-        record[FULL_RANK_FIELD] = int(full_rank)
-    return record
 
 
 def classification_record(

@@ -118,12 +118,12 @@ class TrialRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         log_metrics(self.client, self.run_id, metrics, step)
 
-    def log_text(self, name: str, content: str) -> None:
-        """Write ``content`` as artifact file ``name``."""
+    def log_text(self, name: str, content: str, directory: str | None = None) -> None:
+        """Write ``content`` as artifact file ``name``, in the artifact sub-directory ``directory`` if given."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             path.write_text(content)
-            self.client.log_artifact(self.run_id, str(path))
+            self.client.log_artifact(self.run_id, str(path), directory)
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:

@@ -26,12 +26,14 @@ EpochHook = Callable[[int, dict[str, float]], None]
 
 @dataclass
 class TaskResult:
-    """Corpus-level metrics (named as the card names them), artifacts (file name -> text) and the per-epoch
-    means of the fine-tuning loss and accuracy."""
+    """Corpus-level metrics (named as the card names them), artifacts (file name -> text), the per-epoch
+    means of the fine-tuning loss and accuracy, and the per-sample outputs (kbench.samples' records, one per test
+    item) from which the metrics can be recomputed."""
 
     metrics: dict[str, float]
     artifacts: dict[str, str] = field(default_factory=dict)
     curves: list[dict[str, float]] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Task(ABC):

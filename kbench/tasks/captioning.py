@@ -17,7 +17,9 @@ import torch
 
 from kbench.batches import ModelData, model_inputs
 from kbench.metrics import caption_scores
+from kbench.metrics.captioning import caption_scores_per_item
 from kbench.progress import stage
+from kbench.samples import captioning_record
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
@@ -76,12 +78,16 @@ class CaptioningTask(Task):
 
         curves = self.train(trial, model, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
         captions = self.generate(trial, model, test, positions)
-        scores = caption_scores(references, dict(zip(keys, captions, strict=False)))
+        scores, per_item = caption_scores_per_item(references, dict(zip(keys, captions, strict=False)))
+        samples = [
+            captioning_record(int(k), p, c, references[k], per_item[k])
+            for k, p, c in zip(keys, meta["product_id"], captions, strict=True)
+        ]
         records = [
             {"row": int(r), "product_id": int(p), "reference": d, "caption": c}
             for r, p, d, c in zip(meta["row"], meta["product_id"], meta["description"], captions, strict=False)
         ]
-        return TaskResult(scores, {f"captions_{self.name}.json": json.dumps(records, indent=1)}, curves)
+        return TaskResult(scores, {f"captions_{self.name}.json": json.dumps(records, indent=1)}, curves, samples)
 
     def sample(self, test: ModelData) -> np.ndarray:
         """One image (the first pose) of every test product, or of a seeded sample of ``images`` products."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,12 +15,14 @@ from kbench.batches import ModelData, model_inputs
 from kbench.errors import KbenchError
 from kbench.metrics import classification_scores
 from kbench.progress import stage
+from kbench.samples import UNSEEN, classification_record
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
 
+log = logging.getLogger(__name__)
+
 LABEL_FIELDS = ("category", "subcategory")
-UNSEEN = -1  # the code of a test label the training split never had
 
 
 @dataclass
@@ -75,6 +78,7 @@ class ClassificationTask(Task):
             return loss, {"loss": loss, "acc": (logits.argmax(-1) == target).float().mean()}
 
         y_true, label_codes = self.codes(test, code), list(range(len(labels)))
+        self.warn_unseen(test, code)
 
         def evaluate() -> dict[str, float]:
             return classification_scores(y_true, self.predict(trial, classifier, test), label_codes, UNSEEN)
@@ -91,7 +95,29 @@ class ClassificationTask(Task):
             colnames=["predicted"],
             dropna=False,
         )
-        return TaskResult(scores, {f"confusion_{self.name}.csv": matrix.to_csv()}, curves)
+        meta = test.split.meta
+        samples = [
+            classification_record(row, pid, label, labels[p], t, p, len(labels))
+            for row, pid, label, t, p in zip(
+                meta["row"], meta["product_id"], meta[self.options.label], y_true, y_pred, strict=True
+            )
+        ]
+        return TaskResult(scores, {f"confusion_{self.name}.csv": matrix.to_csv()}, curves, samples)
+
+    def warn_unseen(self, data: ModelData, code: dict[str, int]) -> None:
+        """One warning naming the labels of ``data`` that training never saw (each of their examples is an error)."""
+        values = data.split.meta[self.options.label]
+        unseen = sorted(set(values) - set(code))
+        if unseen:
+            count = int((~values.isin(code)).sum())
+            log.warning(
+                "%s: %d %s examples have a %s unseen in training, counted as errors: %s",
+                self.name,
+                count,
+                data.split.name,
+                self.options.label,
+                ", ".join(unseen),
+            )
 
     def codes(self, data: ModelData, code: dict[str, int]) -> np.ndarray:
         """Label index of each example; ``UNSEEN`` for labels unseen in training (always counted as errors)."""

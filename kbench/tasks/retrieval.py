@@ -12,10 +12,10 @@ import torch
 from kbench.batches import ModelData, NegativeSampler, model_inputs
 from kbench.config import digest
 from kbench.errors import KbenchError
-from kbench.metrics import rank_at_k
-from kbench.metrics.retrieval import TIES
+from kbench.metrics.retrieval import TIES, ranks_and_ties, recall_at_k
 from kbench.progress import stage
 from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists, FullGallery
+from kbench.samples import FULL_RANK_FIELD, list_id, retrieval_record
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.trial import Trial
 from kbench.zoo import VLPreTrainedModel
@@ -58,24 +58,57 @@ class RetrievalTask(Task):
     ) -> TaskResult:
         test = trial.data(split)
         lists = self.protocol.lists(test.split, self.options.query, self.options.queries, self.options.protocol_seed)
-        metrics = {}
+        metrics, pretrained_ranks = {}, None
         if self.options.score_pretrained:
             scores = self.score(trial, pretrained, test, lists, f"{self.name} score (pre-trained)")
-            metrics |= {f"pretrained_{k}": v for k, v in self.rank(scores, lists).items()}
+            pretrained_ranks = self.ranks(scores, lists)
+            metrics |= {f"pretrained_{k}": v for k, v in self.recall(pretrained_ranks).items()}
         if on_epoch:
             model, curves = self.finetune(trial, pretrained, on_epoch, test, lists)
         else:  # ITR and TIR of one trial share the fine-tuned model when their recipes agree
             recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
             model, curves = trial.memo(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
-        metrics |= self.rank(self.score(trial, model, test, lists, f"{self.name} score"), lists)
+        scores = self.score(trial, model, test, lists, f"{self.name} score")
+        ranks = self.ranks(scores, lists)
+        metrics |= self.recall(ranks)
+        samples = self.samples(lists, scores, ranks, pretrained_ranks)
         artifacts = {f"candidates_{self.name}.json": lists.to_json()}
         if model.dual_encoder:  # the whole gallery is cheap from embeddings
             full = FULL_GALLERY.lists(test.split, self.options.query, self.options.queries, self.options.protocol_seed)
-            metrics |= {
-                f"full_{k}": v for k, v in self.rank(self.similarities(trial, model, test, full), full).items()
-            }
+            full_ranks = self.ranks(self.similarities(trial, model, test, full), full)
+            metrics |= {f"full_{k}": v for k, v in self.recall(full_ranks).items()}
             artifacts[f"candidates_{self.name}_full.json"] = full.to_json()
-        return TaskResult(metrics, artifacts, curves)
+            rank_of = dict(zip(full.query_rows, full_ranks[0].tolist(), strict=True))
+            for record in samples:
+                record[FULL_RANK_FIELD] = _number(rank_of[record["query_row"]])
+        return TaskResult(metrics, artifacts, curves, samples)
+
+    def samples(
+        self,
+        lists: CandidateLists,
+        scores: np.ndarray,
+        ranks: tuple[np.ndarray, np.ndarray],
+        pretrained: tuple[np.ndarray, np.ndarray] | None,
+    ) -> list[dict]:
+        """One record per query, in the lists' order: its list's id, the positive's rank (fine-tuned and pre-trained
+        head) and score; under ``average`` ties also how many candidates tie the positive, which R@K needs."""
+        average = self.options.ties == "average"
+        out = []
+        for i, (row, candidates) in enumerate(zip(lists.query_rows, lists.candidate_rows, strict=True)):
+            extra = {"tied": int(ranks[1][i])} if average else {}
+            if average and pretrained is not None:
+                extra["pretrained_tied"] = int(pretrained[1][i])
+            out.append(
+                retrieval_record(
+                    row,
+                    list_id(candidates, lists.positive, lists.protocol, lists.version),
+                    _number(ranks[0][i]),
+                    None if pretrained is None else _number(pretrained[0][i]),
+                    float(scores[i, lists.positive]),
+                    **extra,
+                )
+            )
+        return out
 
     def finetune(
         self,
@@ -183,9 +216,22 @@ class RetrievalTask(Task):
         return scores.float().cpu().numpy()
 
     def rank(self, scores: np.ndarray, lists: CandidateLists) -> dict[str, float]:
-        positive = np.full(len(scores), lists.positive)
-        ranks = rank_at_k(scores, positive, ks=KS, ties=self.options.ties)
-        return {f"R{k}": ranks[f"R@{k}"] for k in KS}
+        """R1, R5 and R10 of ``scores`` of ``lists``."""
+        return self.recall(self.ranks(scores, lists))
+
+    def ranks(self, scores: np.ndarray, lists: CandidateLists) -> tuple[np.ndarray, np.ndarray]:
+        """Per query, the positive's 1-based rank under the card's tie policy and how many candidates tie it."""
+        return ranks_and_ties(scores, np.full(len(scores), lists.positive), self.options.ties)
+
+    def recall(self, ranks: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+        """R1, R5 and R10 from per-query ranks (and ties, which only ``average`` counts)."""
+        recall = recall_at_k(ranks[0], KS, ranks[1] if self.options.ties == "average" else None)
+        return {f"R{k}": recall[f"R@{k}"] for k in KS}
+
+
+def _number(rank: float) -> int | float:
+    """A rank as an int when whole (always, but under ``average`` ties), else the mean rank."""
+    return int(rank) if float(rank).is_integer() else float(rank)
 
 
 def list_positions(data: ModelData, lists: CandidateLists) -> tuple[np.ndarray, np.ndarray]:
