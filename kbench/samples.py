@@ -8,12 +8,15 @@ below, the readers (tables, significance tests) read them back with :func:`read_
 from __future__ import annotations
 
 import json
+import os
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -115,10 +118,26 @@ def read_samples(uri: str, run_id: str, task: str) -> pd.DataFrame:
         raise KbenchError(f"cannot read run {run_id} in {uri}: {exc.message.splitlines()[0]}") from None
     if path not in names:
         raise KbenchError(f"run {run_id} has no per-sample outputs for task {task!r} (no artifact {path})")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
         local = client.download_artifacts(run_id, path, tmp)
         records = from_jsonl(Path(local).read_text())
     return pd.DataFrame.from_records(records, columns=_columns(task, records))
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow's download progress bar off for the block: tables read many small files, and the bars would bury
+    their output."""
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = previous
 
 
 def _columns(task: str, records: list[dict[str, Any]]) -> list[str] | None:
