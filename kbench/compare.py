@@ -48,7 +48,8 @@ def _seeds(runs: pd.DataFrame) -> str:
 def _describe(runs: pd.DataFrame) -> str:
     first = runs.iloc[0]
     variant = "" if first["variant"] == "default" else f":{first['variant']}"
-    return f"{first['model']}{variant}, seeds {_seeds(runs)} (runs {', '.join(r[:8] for r in runs['run_id'])})"
+    seeds = f"seed{'s' if runs['seed'].nunique() > 1 else ''} {_seeds(runs)}"
+    return f"{first['model']}{variant}, {seeds} (runs {', '.join(r[:8] for r in runs['run_id'])})"
 
 
 def comparisons(
