@@ -58,6 +58,10 @@ class Items:
         """These items in ``other``'s order; a KbenchError when the two runs did not score the same items."""
         if len(set(self.keys.tolist())) != len(self) or set(self.keys.tolist()) != set(other.keys.tolist()):
             raise KbenchError(f"the two runs' {self.task} results are over different test items; cannot pair them")
+        if set(self.fields) != set(other.fields):
+            raise KbenchError(
+                f"the two runs' {self.task} results were scored differently (tie policy); cannot pair them"
+            )
         order = {k: i for i, k in enumerate(self.keys.tolist())}
         index = np.array([order[k] for k in other.keys.tolist()], dtype=np.int64)
         return Items(

@@ -200,3 +200,6 @@ def test_items_are_paired_by_key_and_must_match() -> None:
     assert compare([a], [{"itr": shuffled}], "itr/R1").p == 1.0  # the same results in another order
     with pytest.raises(KbenchError, match="over different test items"):
         compare([a], [{"itr": retrieval([1, 5, 1, 1])}], "itr/R1")
+    tied = items("itr", [{"query_row": i, "list_id": f"l{i}", "rank": 1.0, "tied": 0} for i in range(3)])
+    with pytest.raises(KbenchError, match="scored differently"):
+        compare([a], [{"itr": tied}], "itr/R1")
