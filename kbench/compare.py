@@ -105,8 +105,8 @@ def compare_runs(
                 "metric": columns[c.metric].header,
                 "A": f"{c.a:.{digits}f}",
                 "B": f"{c.b:.{digits}f}",
-                "A - B": f"{c.difference:+.{digits}f}",
-                "95% interval": f"[{c.low:+.{digits}f}, {c.high:+.{digits}f}]",
+                "A - B": _signed(c.difference, digits),
+                "95% interval": f"[{_signed(c.low, digits)}, {_signed(c.high, digits)}]",
                 "p": f"{c.p:.3f}",
                 "significant": "yes" if c.significant else "no",
             }
@@ -119,3 +119,9 @@ def compare_runs(
         f"{significance.ALPHA}{note}."
     )
     return f"{caption}\n\n{body}\n"
+
+
+def _signed(value: float, digits: int) -> str:
+    """``value`` with its sign, a difference that rounds to zero as ``+0.00`` (not ``-0.00``)."""
+    text = f"{value:+.{digits}f}"
+    return f"{0.0:+.{digits}f}" if float(text) == 0 else text
