@@ -40,6 +40,7 @@ PAPER_ROWS = {
 }
 # Entries that stand in for the paper's detector-based models with 8x8 patches: labelled "<paper name>-style".
 DETECTOR_FREE = ("vilbert", "vlbert", "imagebert", "oscar")
+OTHER_ROWS = {"clip": "CLIP-style"}  # zoo entries the paper has no row for
 T_INTERVAL, BOOTSTRAP = "t over seeds", "bootstrap"
 
 
@@ -146,7 +147,7 @@ Cell = tuple[float | None, float | None]  # (value, 95 % half-width or None)
 def label(model: str) -> str:
     """Our row's name: the paper's model name with "(kbench)", "-style" for detector-free stand-ins."""
     if model not in PAPER_ROWS:
-        return f"{model} (kbench)"
+        return f"{OTHER_ROWS.get(model, model)} (kbench)"
     return f"{PAPER_ROWS[model]}{'-style' if model in DETECTOR_FREE else ''} (kbench)"
 
 

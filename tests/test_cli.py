@@ -125,8 +125,8 @@ def test_every_zoo_entry_runs_every_task_it_can(smoke_run: dict, capsys: pytest.
             assert "kbench.skipped_tasks" not in run.data.tags and "sums/SumCAP" in metrics, name
     assert main(["table", "--main", "--tracking-uri", smoke_run["uri"], "--experiment", "e2e"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
-    assert {"ViLBERT-style (kbench)", "OSCAR-style (kbench)", "clip (kbench)", "ViLBERT", "OSCAR"} <= set(rows)
-    cells = [c.strip() for c in rows["clip (kbench)"].strip(" |").split("|")]  # Table 3's row: captioning is not run
+    assert {"ViLBERT-style (kbench)", "OSCAR-style (kbench)", "CLIP-style (kbench)", "ViLBERT", "OSCAR"} <= set(rows)
+    cells = [c.strip() for c in rows["CLIP-style (kbench)"].strip(" |").split("|")]  # Table 3's row: captioning is not run
     assert cells[-5:] == ["–"] * 5 and cells[4] != "–"
 
 

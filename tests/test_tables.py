@@ -236,7 +236,7 @@ def test_single_seed_cells_carry_a_bootstrap_interval(store: str) -> None:
     records = {t: samples.read_samples(store, clip["run_id"], t).to_dict("records") for t in ("itr", "tir")}
     run = {t: items(t, r) for t, r in records.items()}
     expected = half_width(bootstrap(run, "sums/SumR"))
-    row = rows_of(build_main(store, "tables", "csv", profile="default", dataset="synth"))["clip (kbench)"]
+    row = rows_of(build_main(store, "tables", "csv", profile="default", dataset="synth"))["CLIP-style (kbench)"]
     assert row[2:4] == ["1", "bootstrap"] and float(row[4 + 2 * 6 + 1]) == pytest.approx(expected, rel=1e-5)
     sums_r = [100 * np.mean(np.array([r["rank"] for r in records[t]]) <= k) for t in records for k in (1, 5, 10)]
     assert float(row[4 + 2 * 6]) == pytest.approx(sum(sums_r))
@@ -256,7 +256,7 @@ def test_labels_mark_kbench_rows_and_stand_ins() -> None:
         "FashionBERT (kbench)",
         "ViLBERT-style (kbench)",
         "OSCAR-style (kbench)",
-        "clip (kbench)",
+        "CLIP-style (kbench)",
     ]
 
 
