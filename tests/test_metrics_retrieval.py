@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from fractions import Fraction
 
 import numpy as np
@@ -37,13 +38,16 @@ def brute_force(scores: np.ndarray, positive: np.ndarray, ks: list[int]) -> dict
     return out
 
 
-def test_matches_enumeration_of_orderings_with_heavy_ties() -> None:
-    rng = np.random.default_rng(0)
-    for _ in range(150):
+def heavily_tied_lists(seed: int, count: int) -> Iterator[tuple[np.ndarray, np.ndarray, list[int]]]:
+    """``count`` random (scores, positive, ks) cases of up to 4 queries and 6 candidates with 3 score values."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
         n, q = int(rng.integers(1, 7)), int(rng.integers(1, 5))
-        scores = rng.integers(0, 3, size=(q, n))
-        positive = rng.integers(0, n, size=q)
-        ks = list(range(1, n + 2))
+        yield rng.integers(0, 3, size=(q, n)), rng.integers(0, n, size=q), list(range(1, n + 2))
+
+
+def test_matches_enumeration_of_orderings_with_heavy_ties() -> None:
+    for scores, positive, ks in heavily_tied_lists(0, 150):
         expected = brute_force(scores, positive, ks)
         for policy in POLICIES:
             assert rank_at_k(scores, positive, ks, ties=policy) == pytest.approx(expected[policy], abs=1e-9)
@@ -65,12 +69,7 @@ def test_positive_ranks_match_enumeration() -> None:
 
 def test_per_query_ranks_reproduce_rank_at_k_under_every_policy() -> None:
     """The per-sample outputs (rank, tied) give back R@K exactly, and the ranks are the brute-force ones."""
-    rng = np.random.default_rng(5)
-    for _ in range(80):
-        n, q = int(rng.integers(1, 7)), int(rng.integers(1, 5))
-        scores = rng.integers(0, 3, size=(q, n))
-        positive = rng.integers(0, n, size=q)
-        ks = list(range(1, n + 2))
+    for scores, positive, ks in heavily_tied_lists(5, 80):
         per_query = [consistent_ranks(row.tolist(), int(p)) for row, p in zip(scores, positive, strict=True)]
         expected_ranks = {
             "pessimistic": [max(r) for r in per_query],
