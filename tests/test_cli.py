@@ -126,7 +126,8 @@ def test_every_zoo_entry_runs_every_task_it_can(smoke_run: dict, capsys: pytest.
     assert main(["table", "--main", "--tracking-uri", smoke_run["uri"], "--experiment", "e2e"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert {"ViLBERT-style (kbench)", "OSCAR-style (kbench)", "CLIP-style (kbench)", "ViLBERT", "OSCAR"} <= set(rows)
-    cells = [c.strip() for c in rows["CLIP-style (kbench)"].strip(" |").split("|")]  # Table 3's row: captioning is not run
+    # Table 3's row: captioning is not run
+    cells = [c.strip() for c in rows["CLIP-style (kbench)"].strip(" |").split("|")]
     assert cells[-5:] == ["–"] * 5 and cells[4] != "–"
 
 
