@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kbench.errors import KbenchError
+from kbench.samples import CAPTION_SCORES
 
 RESAMPLES = 1000
 SEED = 0
@@ -27,7 +28,6 @@ ALPHA = 0.05  # a paired difference with p below it is significant
 CELLS = 4_000_000  # replicate x item cells computed at once
 
 KINDS = {"itr": "retrieval", "tir": "retrieval", "cr": "classification", "sub": "classification", "fc": "captioning"}
-CAPTION_SCORES = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 CORPUS_SCORES = ("BLEU-4", "METEOR")  # not the mean of their per-caption scores
 
 Term = tuple[str, str, float]  # (task, the task's metric, weight)
