@@ -52,18 +52,20 @@ def trial_config(base: Config, spec: TrialSpec) -> Config:
 def config_hash(base: Config, spec: TrialSpec) -> str:
     """Hash of everything a trial's results depend on: its resolved config (less scheduling, and with its own
     entry's options in full rather than other entries'), model and seed."""
-    cfg = trial_config(base, spec)
-    data = cfg.results_dict()
-    data["models"] = resolved_options(cfg, spec.model)
-    return digest(data, spec.model, spec.seed)
+    return digest(results_config(base, spec), spec.model, spec.seed)
 
 
 def config_key(base: Config, spec: TrialSpec) -> str:
     """``config_hash`` without the seed: equal for the seeds of one configuration, which tables aggregate."""
+    return digest(results_config(base, spec), spec.model)
+
+
+def results_config(base: Config, spec: TrialSpec) -> dict[str, Any]:
+    """The trial's resolved config as its hashes read it: less scheduling, its own entry's options in full."""
     cfg = trial_config(base, spec)
     data = cfg.results_dict()
     data["models"] = resolved_options(cfg, spec.model)
-    return digest(data, spec.model)
+    return data
 
 
 def model_options(cfg: Config, model: str) -> dict[str, Any]:
