@@ -27,7 +27,7 @@ from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
-from kbench.zoo import VLPreTrainedModel, VLPreTrainingOutput
+from kbench.models.zoo import VLPreTrainedModel, VLPreTrainingOutput
 
 
 class ClipConfig(BertConfig):

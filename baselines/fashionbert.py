@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
-from kbench.losses import adaptive_weights, feature_kl
-from kbench.masking import mask_pairs
-from kbench.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.zoo import VLPreTrainingOutput
+from kbench.models.losses import adaptive_weights, feature_kl
+from kbench.models.masking import mask_pairs
+from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
+from kbench.models.zoo import VLPreTrainingOutput
 
 
 class FashionBertConfig(BertConfig):

@@ -10,7 +10,7 @@ projected to the feature size, regresses its original feature under L2) and imag
 the pooled [CLS]). Every pair is corrupted alike; MLM, MOC and MRFR are scored on matched pairs only.
 
 kbench's adaptation: no detector runs offline, so RoIs are the 8x8 grid patches of the whole image and the
-detector classes become the codebook's ``visual_words`` k-means visual words (``kbench.codebook``).
+detector classes become the codebook's ``visual_words`` k-means visual words (``kbench.features.codebook``).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from kbench.codebook import Codebook, codebook
-from kbench.masking import mask_pairs
-from kbench.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.zoo import VLPreTrainingOutput
+from kbench.features.codebook import Codebook, codebook
+from kbench.models.masking import mask_pairs
+from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
+from kbench.models.zoo import VLPreTrainingOutput
 
 if TYPE_CHECKING:
-    from kbench.trial import Trial
+    from kbench.engine.trial import Trial
 
 
 class ImageBertConfig(BertConfig):

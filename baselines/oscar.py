@@ -33,12 +33,12 @@ from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from kbench.masking import apply_token_mask, choose_tokens
-from kbench.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.zoo import VLPreTrainingOutput
+from kbench.models.masking import apply_token_mask, choose_tokens
+from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
+from kbench.models.zoo import VLPreTrainingOutput
 
 if TYPE_CHECKING:
-    from kbench.trial import Trial
+    from kbench.engine.trial import Trial
 
 MIN_TAG_LENGTH = 3
 # Weight of each pre-training batch in the tagger's running mean logit (it averages about the last 20 batches).

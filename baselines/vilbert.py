@@ -12,7 +12,7 @@ product of the pooled [CLS] and [IMG]. Pre-training sums ViLBERT's two objective
 
 kbench's adaptation: no detector runs offline, so regions are the 8x8 grid patches of the whole image and the
 detector's class distribution of a region becomes the codebook's soft assignment of the patch's feature to
-``visual_words`` k-means visual words (``kbench.codebook``). ViLBERT's visual stream is 1024 wide with 1024-d
+``visual_words`` k-means visual words (``kbench.features.codebook``). ViLBERT's visual stream is 1024 wide with 1024-d
 ReLU poolers; here both streams have the text's hidden size and BERT's tanh pooler, for simplicity.
 """
 
@@ -38,17 +38,23 @@ from transformers.models.bert.modeling_bert import (
 )
 from transformers.utils import ModelOutput
 
-from kbench.codebook import Codebook, codebook
-from kbench.errors import KbenchError
-from kbench.masking import mask_pairs
-from kbench.single_stream import SingleStreamForPreTraining
-from kbench.zoo import VLPreTrainedModel, VLPreTrainingOutput
+from kbench.core.errors import KbenchError
+from kbench.features.codebook import Codebook, codebook
+from kbench.models.masking import mask_pairs
+from kbench.models.single_stream import SingleStreamForPreTraining
+from kbench.models.zoo import VLPreTrainedModel, VLPreTrainingOutput
 
 if TYPE_CHECKING:
-    from kbench.trial import Trial
+    from kbench.engine.trial import Trial
 
 REGION_ZERO_SHARE = 0.9  # ViLBERT zeroes 90 % of the masked regions' features and leaves 10 % unaltered
-WHOLE_IMAGE = (0.0, 1.0, 0.0, 1.0, 1.0)  # the [IMG] token's location, in kbench.patches order: x1, x2, y1, y2, area
+WHOLE_IMAGE = (
+    0.0,
+    1.0,
+    0.0,
+    1.0,
+    1.0,
+)  # [IMG]'s location, in kbench.features.patches order: x1, x2, y1, y2, area
 
 
 class ViLBertConfig(BertConfig):

@@ -20,7 +20,7 @@ gets no loss in pre-training: the retrieval tasks train it in fine-tuning.
 
 kbench's adaptation: no detector runs offline, so regions are the 8x8 grid patches of the whole image, the
 whole-image appearance feature is the mean of the (corrupted) patch features, and the detector classes become
-the codebook's ``visual_words`` k-means visual words (``kbench.codebook``). Whole-word masking (released code)
+the codebook's ``visual_words`` k-means visual words (``kbench.features.codebook``). Whole-word masking (released code)
 is replaced by BERT's word-piece masking, as in the other entries.
 """
 
@@ -38,13 +38,13 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from kbench.codebook import Codebook, codebook
-from kbench.masking import mask_pairs
-from kbench.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.zoo import VLPreTrainingOutput
+from kbench.features.codebook import Codebook, codebook
+from kbench.models.masking import mask_pairs
+from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
+from kbench.models.zoo import VLPreTrainingOutput
 
 if TYPE_CHECKING:
-    from kbench.trial import Trial
+    from kbench.engine.trial import Trial
 
 REGION_ZERO_SHARE = 0.9  # VL-BERT zeroes 90 % of the masked regions' features and leaves 10 % unaltered
 

@@ -1,5 +1,5 @@
 """``python -m kbench`` runs the command-line interface."""
 
-from kbench.cli import main
+from kbench.commands.cli import main
 
 raise SystemExit(main())

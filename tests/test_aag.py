@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from kbench.config import AlignmentConfig, DataConfig, SynthConfig
+from kbench.core.config import AlignmentConfig, DataConfig, SynthConfig
+from kbench.core.paths import cache_dir
 from kbench.data.fashiongen import read_splits
 from kbench.data.layout import IMAGE_KEY
 from kbench.data.splits import Split
 from kbench.data.synth import generate
-from kbench.encoders import build_encoder
-from kbench.kaleido.aag import (
+from kbench.features.encoders import build_encoder
+from kbench.models.kaleido.aag import (
     STOPWORDS,
     Alignments,
     align,
@@ -31,7 +32,6 @@ from kbench.kaleido.aag import (
     score_alignments,
     words,
 )
-from kbench.paths import cache_dir
 
 LEVELS = (3, 4, 5)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kbench.cli import main
-from kbench.tracking import Tracking, TrialRun, open_experiment, settle
+from kbench.commands.cli import main
+from kbench.engine.tracking import Tracking, TrialRun, open_experiment, settle
 
 
 def finished_trials(uri: str) -> list:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kbench.cli import main
+from kbench.commands.cli import main
 
 
 def test_bench_writes_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kbench.config import load_config
-from kbench.paths import cache_dir
-from kbench.pretraining import HISTORY_FILE, pretrained_model
-from kbench.trial import Trial, TrialSpec
+from kbench.core.config import load_config
+from kbench.core.paths import cache_dir
+from kbench.engine.pretraining import HISTORY_FILE, pretrained_model
+from kbench.engine.trial import Trial, TrialSpec
 
 
 def test_a_checkpoint_that_does_not_fit_the_model_is_pre_trained_again(caplog: pytest.LogCaptureFixture) -> None:
@@ -26,7 +26,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_pre_trained_again(caplog: p
     save_file(state, weights, metadata={"format": "pt"})
     (path / HISTORY_FILE).write_text(json.dumps([{"stale": 1.0}]))
 
-    with caplog.at_level(logging.WARNING, logger="kbench.pretraining"):
+    with caplog.at_level(logging.WARNING, logger="kbench.engine.pretraining"):
         again, curves = pretrained_model(trial)
     assert "does not fit the model" in caplog.text and "vl.tagger.mean_logits" in caplog.text
     assert curves == history  # pre-trained again, the same run as the first
@@ -35,6 +35,6 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_pre_trained_again(caplog: p
         assert torch.equal(again.state_dict()[name], tensor), name
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="kbench.pretraining"):
+    with caplog.at_level(logging.INFO, logger="kbench.engine.pretraining"):
         pretrained_model(trial)
     assert "reusing pre-trained checkpoint" in caplog.text and "does not fit" not in caplog.text

@@ -11,9 +11,9 @@ import h5py
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kbench.cli import main
+from kbench.commands.cli import main
 from kbench.data.layout import TRAIN_FILE
-from kbench.zoo import MODELS
+from kbench.models.zoo import MODELS
 
 SMOKE = ["--profile", "smoke"]
 

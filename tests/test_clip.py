@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from transformers import BertModel
 
 from baselines.clip import ClipCollator, ClipConfig, ClipForPreTraining
-from kbench.config import load_config
+from kbench.core.config import load_config
+from kbench.data.text import bundled_checkpoint
+from kbench.engine.trial import Trial, TrialSpec
+from kbench.models.zoo import MODELS, build_model
 from kbench.tasks import build_task
-from kbench.text import bundled_checkpoint
-from kbench.trial import Trial, TrialSpec
-from kbench.zoo import MODELS, build_model
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -137,7 +137,7 @@ def test_full_gallery_scores_equal_pairwise_itm_logits() -> None:
     task = build_task("itr", cfg.tasks["itr"])
     test = trial.data("test")
     lists = task.protocol.lists(test.split, "image", 5, 0)
-    from kbench.protocols import FullGallery
+    from kbench.tasks.protocols import FullGallery
 
     full = FullGallery().lists(test.split, "image", 5, 0)
     scores = task.similarities(trial, model, test, full)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kbench.codebook import fit_codebook
+from kbench.features.codebook import fit_codebook
 
 
 def clustered(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -6,10 +6,10 @@ import re
 
 import pytest
 
-from kbench.config import PROFILES, apply_override, digest, load_config
-from kbench.errors import KbenchError
-from kbench.registry import Registry
-from kbench.trial import TrialSpec, config_hash, resolved_options, trial_config
+from kbench.core.config import PROFILES, apply_override, digest, load_config
+from kbench.core.errors import KbenchError
+from kbench.core.registry import Registry
+from kbench.engine.trial import TrialSpec, config_hash, resolved_options, trial_config
 
 
 def test_profiles_load_and_differ() -> None:
@@ -105,7 +105,7 @@ def test_registry() -> None:
     class Alpha(Exception):
         """Alpha widget: the first."""
 
-    reg.register("lazy", "kbench.errors:KbenchError")
+    reg.register("lazy", "kbench.core.errors:KbenchError")
     assert reg.get("alpha") is Alpha and reg.describe("alpha") == "Alpha widget: the first."
     assert reg.get("lazy") is KbenchError and reg.names() == ["alpha", "lazy"]
     assert reg.describe("lazy").startswith("A problem with the user's input")

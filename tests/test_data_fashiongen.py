@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from kbench.config import DataConfig
+from kbench.core.config import DataConfig
+from kbench.core.errors import KbenchError
 from kbench.data import load_dataset
 from kbench.data.fashiongen import read_splits
 from kbench.data.layout import IMAGE_KEY, PRODUCT_KEY, TEST_FILE, TEXT_KEYS, TRAIN_FILE
-from kbench.errors import KbenchError
 
 
 def read(root: Path, **kwargs):

@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from mlflow.tracking import MlflowClient
 
-from kbench.cli import main
-from kbench.paths import cache_dir
-from kbench.pretraining import HISTORY_FILE, mean_over_ranks
+from kbench.commands.cli import main
+from kbench.core.paths import cache_dir
+from kbench.engine.pretraining import HISTORY_FILE, mean_over_ranks
 
 
 def _free_port() -> int:

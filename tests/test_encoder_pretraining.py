@@ -7,7 +7,7 @@ import torch
 
 from kbench.data.synth import CATALOGUE, PATTERNS
 from kbench.data.synth_render import PALETTE
-from kbench.encoder_pretraining import (
+from kbench.features.encoder_pretraining import (
     MIN_GARMENT_SHARE,
     crop_boxes,
     garment_share,

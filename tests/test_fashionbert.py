@@ -10,11 +10,11 @@ from transformers import BertModel
 from zoo_inputs import SIZES, raw_batch, train_on
 
 from baselines.fashionbert import FashionBertCollator, FashionBertConfig, FashionBertForPreTraining
-from kbench.errors import KbenchError
-from kbench.losses import adaptive_weights, feature_kl
-from kbench.masking import apply_token_mask, choose_tokens
-from kbench.text import bundled_checkpoint
-from kbench.zoo import MODELS, build_model, check_options
+from kbench.core.errors import KbenchError
+from kbench.data.text import bundled_checkpoint
+from kbench.models.losses import adaptive_weights, feature_kl
+from kbench.models.masking import apply_token_mask, choose_tokens
+from kbench.models.zoo import MODELS, build_model, check_options
 
 B, T, K, D = 6, 12, 16, 24
 

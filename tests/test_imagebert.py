@@ -11,9 +11,9 @@ from transformers import BertModel
 from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
 
 from baselines.imagebert import ImageBertCollator, ImageBertConfig, ImageBertForPreTraining
-from kbench.codebook import Codebook, fit_codebook
-from kbench.text import bundled_checkpoint
-from kbench.zoo import ARCHITECTURE_KEYS, option_names
+from kbench.data.text import bundled_checkpoint
+from kbench.features.codebook import Codebook, fit_codebook
+from kbench.models.zoo import ARCHITECTURE_KEYS, option_names
 
 B, T, K, D, WORDS = 6, 12, 16, 24, 8
 

@@ -12,12 +12,15 @@ import pytest
 import torch
 from transformers import BertModel
 
-from kbench.batches import ModelData, to_device
+from kbench.core.errors import KbenchError
+from kbench.core.paths import cache_dir
 from kbench.data.splits import Split
-from kbench.errors import KbenchError
-from kbench.features import Patching, features_from_arrays
-from kbench.kaleido.agm import PATCH_BUDGETS, plan_masks, text_budget
-from kbench.kaleido.akpm import (
+from kbench.data.text import bundled_checkpoint, load_tokenizer, tokenize
+from kbench.features.batches import ModelData, to_device
+from kbench.features.patch_features import Patching, features_from_arrays
+from kbench.features.patches import KALEIDO, get_scheme
+from kbench.models.kaleido.agm import PATCH_BUDGETS, plan_masks, text_budget
+from kbench.models.kaleido.akpm import (
     AKPM_VARIANTS,
     PERMUTATIONS,
     gather_cells,
@@ -27,14 +30,11 @@ from kbench.kaleido.akpm import (
     rotate,
     unjigsaw,
 )
-from kbench.kaleido.collator import KaleidoCollator, index_words
-from kbench.kaleido.kpg import kpg_patching
-from kbench.kaleido.model import KaleidoBertConfig, KaleidoBertForPreTraining
-from kbench.losses import feature_kl
-from kbench.patches import KALEIDO, get_scheme
-from kbench.paths import cache_dir
-from kbench.text import bundled_checkpoint, load_tokenizer, tokenize
-from kbench.zoo import MODELS, build_model, check_options
+from kbench.models.kaleido.collator import KaleidoCollator, index_words
+from kbench.models.kaleido.kpg import kpg_patching
+from kbench.models.kaleido.model import KaleidoBertConfig, KaleidoBertForPreTraining
+from kbench.models.losses import feature_kl
+from kbench.models.zoo import MODELS, build_model, check_options
 
 SIZES = {
     "hidden_size": 32,

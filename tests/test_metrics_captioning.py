@@ -11,7 +11,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from kbench.errors import KbenchError
+from kbench.core.errors import KbenchError
 from kbench.metrics import caption_scores, captioning
 from kbench.metrics.captioning import EnglishMeteor, caption_scores_per_item, meteor_scorer
 

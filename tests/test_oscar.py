@@ -19,8 +19,8 @@ from baselines.oscar import (
     pollute,
     tag_vocabulary,
 )
-from kbench.text import bundled_checkpoint, load_tokenizer
-from kbench.zoo import ARCHITECTURE_KEYS
+from kbench.data.text import bundled_checkpoint, load_tokenizer
+from kbench.models.zoo import ARCHITECTURE_KEYS
 
 B, T, K, D, V = 6, 12, 16, 24, 200
 MASK_ID = 3

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kbench.cli import main
-from kbench.config import load_config
+from kbench.commands.cli import main
+from kbench.core.config import load_config
+from kbench.engine.trial import resolved_options
 from kbench.tasks.card import load_cards
 from kbench.tasks.classification import ClassificationOptions
 from kbench.tasks.retrieval import RetrievalOptions
-from kbench.trial import resolved_options
 
 # Random initial weights must be asked for by name: the profile names a ResNet-50 file and bert-base-uncased.
 INITIAL = ["--set", "features.weights=random", "--set", "model.init_from=none"]

@@ -16,17 +16,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kbench import extraction
-from kbench.config import DataConfig, FeatureConfig, RuntimeConfig
+from kbench.core.config import DataConfig, FeatureConfig, RuntimeConfig
+from kbench.core.errors import KbenchError
+from kbench.core.paths import cache_dir
 from kbench.data.fashiongen import read_splits
-from kbench.encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ResNet50, SmallCNN, build_encoder
-from kbench.errors import KbenchError
-from kbench.extraction import extract_with_ray, load_features
-from kbench.features import Patching, store_root
-from kbench.launch import ray_temp_dir
-from kbench.patches import KALEIDO, get_scheme, locations
-from kbench.paths import cache_dir
-from kbench.store import ArraySpec, ShardedStore
+from kbench.engine.launch import ray_temp_dir
+from kbench.features.encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ResNet50, SmallCNN, build_encoder
+from kbench.features.extraction import extract_with_ray, load_features
+from kbench.features.patch_features import Patching, extraction, store_root
+from kbench.features.patches import KALEIDO, get_scheme, locations
+from kbench.features.store import ArraySpec, ShardedStore
 
 
 def test_kaleido_has_55_row_major_cells_with_integer_bounds() -> None:
@@ -180,12 +179,12 @@ def test_killed_extraction_resumes_to_the_uninterrupted_store(
 KILLED_EXTRACTION = """
 import os, time
 import torch
-from kbench.config import DataConfig, FeatureConfig
+from kbench.core.config import DataConfig, FeatureConfig
 from kbench.data.fashiongen import read_splits
-from kbench.extraction import load_features
-from kbench.features import Patching
-from kbench.patches import KALEIDO
-from kbench.store import ShardWriter
+from kbench.features.extraction import load_features
+from kbench.features.patch_features import Patching
+from kbench.features.patches import KALEIDO
+from kbench.features.store import ShardWriter
 
 append, calls = ShardWriter.append, []
 def stuck(self, batch):  # the fifth batch is the first of the third shard: stop inside it, after writing it
@@ -290,7 +289,7 @@ def test_stores_of_the_old_format_are_named_and_never_read(
     data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
     old = cache_dir("features") / "fashiongen_256_256_validation-grid-4-small-cnn-0123456789abcdef.h5"
     old.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(1000))
-    with caplog.at_level(logging.WARNING, logger="kbench.extraction"):
+    with caplog.at_level(logging.WARNING, logger="kbench.features.extraction"):
         feats = load_features(data.test, Patching(get_scheme("grid-4")), FeatureConfig(), torch.device("cpu"))
     assert "1 feature stores of an older kbench" in caplog.text and "are no longer read" in caplog.text
     assert feats.store.complete and old.read_bytes()[:4] == b"\x89HDF"

@@ -15,10 +15,10 @@ import pytest
 from matplotlib.container import BarContainer
 from mlflow.tracking import MlflowClient
 
-from kbench.cli import main
-from kbench.plots import SUMS, ablation_figure, curves_figure, plot_ablation, plot_curves
-from kbench.tables import Samples, ablation_cells, load_runs
-from kbench.tracking import Tracking, TrialRun, open_experiment
+from kbench.commands.cli import main
+from kbench.engine.tracking import Tracking, TrialRun, open_experiment
+from kbench.report.plots import SUMS, ablation_figure, curves_figure, plot_ablation, plot_curves
+from kbench.report.tables import Samples, ablation_cells, load_runs
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -7,11 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kbench.config import DataConfig, SynthConfig
+from kbench.core.config import DataConfig, SynthConfig
+from kbench.core.paths import cache_dir
 from kbench.data.fashiongen import read_splits
 from kbench.data.synth import generate
-from kbench.paths import cache_dir
-from kbench.protocols import PROTOCOLS, CandidateLists, FashionBert101
+from kbench.tasks.protocols import PROTOCOLS, CandidateLists, FashionBert101
 
 
 @pytest.fixture(scope="module")

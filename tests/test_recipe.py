@@ -13,15 +13,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
-from kbench.batches import ModelData, NegativeSampler
-from kbench.config import load_config
+from kbench.core.config import load_config
+from kbench.data.loader import PRETRAIN_NEGATIVES, PRETRAIN_ORDER, epoch_order, step_rng
 from kbench.data.splits import Split
-from kbench.features import features_from_arrays
-from kbench.loader import PRETRAIN_NEGATIVES, PRETRAIN_ORDER, epoch_order, step_rng
-from kbench.pretraining import epoch_steps, pretraining_batches
-from kbench.text import bundled_checkpoint, load_tokenizer, tokenize
-from kbench.training import build_optimizer, total_steps
-from kbench.zoo import build_model
+from kbench.data.text import bundled_checkpoint, load_tokenizer, tokenize
+from kbench.engine.pretraining import epoch_steps, pretraining_batches
+from kbench.features.batches import ModelData, NegativeSampler
+from kbench.features.patch_features import features_from_arrays
+from kbench.models.training import build_optimizer, total_steps
+from kbench.models.zoo import build_model
 
 D = 8
 # Ten images of eight products: products 3 and 5 have two views each, so a negative is never the other view.
@@ -149,7 +149,7 @@ def test_the_mlm_head_is_loaded_from_a_bert_checkpoint_that_has_one(tmp_path: Pa
 def test_a_checkpoint_without_an_mlm_head_says_so(caplog: pytest.LogCaptureFixture) -> None:
     """The bundled MiniLM is a bare encoder (no ``cls.*``): its encoder is loaded and the MLM head stays fresh."""
     path = str(bundled_checkpoint())
-    with caplog.at_level(logging.INFO, logger="kbench.zoo"):
+    with caplog.at_level(logging.INFO, logger="kbench.models.zoo"):
         model = build_model("kaleido", path, visual_feature_size=D)
     assert f"BERT checkpoint {path} has no MLM head (cls.predictions.*)" in caplog.text
     assert torch.equal(model.mlm_head.predictions.bias, torch.zeros(model.config.vocab_size))

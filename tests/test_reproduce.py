@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from kbench.reproduce import REFERENCE, differences
-from kbench.zoo import MODELS
+from kbench.commands.reproduce import REFERENCE, differences
+from kbench.models.zoo import MODELS
 
 
 def test_moved_appeared_and_disappeared_metrics_are_reported() -> None:

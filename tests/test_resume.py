@@ -16,11 +16,11 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 from torch import nn
 
-from kbench.config import load_config
-from kbench.paths import cache_dir
-from kbench.pretraining import pretrain, pretrained_model, training_state
-from kbench.train_state import STATE_FILE, TrainState
-from kbench.trial import Trial, TrialSpec
+from kbench.core.config import load_config
+from kbench.core.paths import cache_dir
+from kbench.engine.pretraining import pretrain, pretrained_model, training_state
+from kbench.engine.trial import Trial, TrialSpec
+from kbench.models.train_state import STATE_FILE, TrainState
 
 # Dropout on, so that the restored global generators matter; the loader's worker builds the batches.
 OVERRIDES = ["model.hidden_dropout_prob=0.1", "pretrain.save_every=4", "runtime.loader_workers=1"]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from kbench.config import SynthConfig
+from kbench.core.config import SynthConfig
+from kbench.core.errors import KbenchError
 from kbench.data.layout import TEST_FILE, TRAIN_FILE
 from kbench.data.synth import generate
-from kbench.errors import KbenchError
-from kbench.kaleido.saliency import (
+from kbench.models.kaleido.saliency import (
     SALIENCY,
     BorderContrast,
     SaliencyDetector,
@@ -157,19 +157,19 @@ class WholeImage(SaliencyDetector):
 def test_build_detector_by_name_or_plug_in_path() -> None:
     assert "border-contrast" in SALIENCY
     assert type(build_detector("border-contrast")) is BorderContrast
-    assert type(build_detector("kbench.kaleido.saliency:BorderContrast")) is BorderContrast
+    assert type(build_detector("kbench.models.kaleido.saliency:BorderContrast")) is BorderContrast
     plug_in = build_detector(f"{__name__}:WholeImage")
     np.testing.assert_array_equal(plug_in.boxes(np.zeros((1, 8, 6, 3), np.uint8)), [[0, 0, 6, 8]])
     with pytest.raises(KbenchError, match="border-contrast"):
         build_detector("border-contrats")
     with pytest.raises(KbenchError, match="not a subclass"):
-        build_detector("kbench.errors:KbenchError")
+        build_detector("kbench.core.errors:KbenchError")
     with pytest.raises(KbenchError, match="not a subclass"):
-        build_detector("kbench.kaleido.saliency:box_iou")
+        build_detector("kbench.models.kaleido.saliency:box_iou")
     with pytest.raises(KbenchError, match="cannot load"):
         build_detector("kbench.no_such_module:Detector")
     with pytest.raises(KbenchError, match="cannot load"):
-        build_detector("kbench.kaleido.saliency:NoSuchDetector")
+        build_detector("kbench.models.kaleido.saliency:NoSuchDetector")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import f1_score
 
-from kbench.config import load_config
+from kbench.core.config import load_config
+from kbench.core.errors import KbenchError
 from kbench.data.layout import TEST_FILE
-from kbench.errors import KbenchError
+from kbench.engine.pipeline import run_trial
+from kbench.engine.tracking import Tracking, TrialRun, open_experiment
+from kbench.engine.trial import TrialSpec
 from kbench.metrics.retrieval import recall_at_k
-from kbench.pipeline import run_trial
-from kbench.samples import (
+from kbench.tasks.samples import (
     CAPTION_SCORES,
     CAPTIONING_FIELDS,
     CLASSIFICATION_FIELDS,
@@ -29,8 +31,6 @@ from kbench.samples import (
     read_samples,
     to_jsonl,
 )
-from kbench.tracking import Tracking, TrialRun, open_experiment
-from kbench.trial import TrialSpec
 
 TASKS = ["itr", "tir", "cr", "sub", "fc"]
 MODELS = ("fashionbert", "clip")  # a single-stream model that captions and a dual encoder (full-gallery ranks)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from kbench.errors import KbenchError
+from kbench.core.errors import KbenchError
 from kbench.metrics.retrieval import recall_at_k
-from kbench.significance import (
+from kbench.metrics.significance import (
     Items,
     bootstrap,
     compare,
@@ -111,7 +111,7 @@ def test_bootstrap_against_a_loop() -> None:
 def test_bootstrap_batches_do_not_change_the_draws(monkeypatch: pytest.MonkeyPatch) -> None:
     run = {"itr": retrieval(list(np.random.default_rng(1).integers(1, 12, 30)))}
     whole = bootstrap(run, "itr/R5", resamples=50)
-    monkeypatch.setattr("kbench.significance.CELLS", 30 * 7)  # seven replicates at a time
+    monkeypatch.setattr("kbench.metrics.significance.CELLS", 30 * 7)  # seven replicates at a time
     assert np.array_equal(bootstrap(run, "itr/R5", resamples=50), whole)
 
 

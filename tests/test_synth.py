@@ -12,7 +12,8 @@ import h5py
 import numpy as np
 import pytest
 
-from kbench.config import DataConfig, SynthConfig
+from kbench.core.config import DataConfig, SynthConfig
+from kbench.core.errors import KbenchError
 from kbench.data import synth
 from kbench.data import synth_render as render_module
 from kbench.data.fashiongen import read_splits
@@ -28,7 +29,6 @@ from kbench.data.layout import (
 )
 from kbench.data.synth_render import BACK, FRONT, PALETTE, SILHOUETTES, Look, View, feature_box, render
 from kbench.data.synth_text import FEATURE_TEMPLATES, word_pieces, words
-from kbench.errors import KbenchError
 
 TINY = SynthConfig(products_train=60, products_test=25, max_poses=3, seed=0)
 GLOBAL = ("garment", "colour", "pattern")
@@ -198,7 +198,7 @@ def test_subcategory_counts_keep_every_class_and_the_total() -> None:
 
 
 def test_descriptions_fit_the_bundled_tokenizer() -> None:
-    from kbench.text import BUNDLED, load_tokenizer
+    from kbench.data.text import BUNDLED, load_tokenizer
 
     tokenizer = load_tokenizer(BUNDLED)
     texts = [p.description.text for p in synth.plan_split(SynthConfig(products_train=800), "train")]

@@ -13,14 +13,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from kbench import samples
-from kbench.ablations import BLOCKS
-from kbench.cli import main
-from kbench.compare import compare_runs, pairs
-from kbench.config import load_config
-from kbench.errors import KbenchError
-from kbench.significance import CAPTION_SCORES, bootstrap, half_width, items
-from kbench.tables import (
+from kbench.commands.cli import main
+from kbench.core.config import load_config
+from kbench.core.errors import KbenchError
+from kbench.engine.ablations import BLOCKS
+from kbench.engine.tracking import Tracking, TrialRun, flatten, open_experiment
+from kbench.engine.trial import TrialSpec, config_key, trial_config
+from kbench.metrics.significance import CAPTION_SCORES, bootstrap, half_width, items
+from kbench.report.compare import compare_runs, pairs
+from kbench.report.tables import (
     ABLATION_METRICS,
     FORMATS,
     Samples,
@@ -32,8 +33,7 @@ from kbench.tables import (
     published,
     summarise,
 )
-from kbench.tracking import Tracking, TrialRun, flatten, open_experiment
-from kbench.trial import TrialSpec, config_key, trial_config
+from kbench.tasks import samples
 
 GOLDEN = Path(__file__).parent / "golden"
 QUERIES, IMAGES, CAPTIONS = 40, 30, 20  # test items per retrieval task, per classification task, of captioning

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from kbench.cli import main
-from kbench.config import OptimConfig, load_config
+from kbench.commands.cli import main
+from kbench.core.config import OptimConfig, load_config
+from kbench.engine.trial import Trial, TrialSpec
+from kbench.engine.tuning import SEARCHED, search_space
+from kbench.models.zoo import build_model
 from kbench.tasks import build_task
-from kbench.trial import Trial, TrialSpec
-from kbench.tuning import SEARCHED, search_space
-from kbench.zoo import build_model
 
 
 def test_search_space_is_centred_on_the_recipe() -> None:

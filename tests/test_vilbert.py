@@ -11,11 +11,11 @@ from transformers import BertConfig, BertModel
 from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
 
 from baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining, ViLBertModel
-from kbench.codebook import fit_codebook
-from kbench.config import load_config
-from kbench.errors import KbenchError
-from kbench.text import bundled_checkpoint
-from kbench.trial import model_options, resolved_options
+from kbench.core.config import load_config
+from kbench.core.errors import KbenchError
+from kbench.data.text import bundled_checkpoint
+from kbench.engine.trial import model_options, resolved_options
+from kbench.features.codebook import fit_codebook
 
 B, T, K, D, WORDS = 6, 12, 16, 24, 8
 BOOK = fit_codebook((torch.rand(400, D, generator=torch.Generator().manual_seed(5)) * 3).numpy(), WORDS)

@@ -14,14 +14,14 @@ from transformers import BertModel
 from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
 
 from baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
-from kbench.batches import ModelData
-from kbench.codebook import Codebook, fit_codebook
-from kbench.config import load_config
+from kbench.core.config import load_config
 from kbench.data.splits import Split
-from kbench.features import features_from_arrays
-from kbench.pretraining import epoch_steps, pretraining_batches
-from kbench.text import bundled_checkpoint, load_tokenizer, tokenize
-from kbench.zoo import ARCHITECTURE_KEYS, MODELS, option_names
+from kbench.data.text import bundled_checkpoint, load_tokenizer, tokenize
+from kbench.engine.pretraining import epoch_steps, pretraining_batches
+from kbench.features.batches import ModelData
+from kbench.features.codebook import Codebook, fit_codebook
+from kbench.features.patch_features import features_from_arrays
+from kbench.models.zoo import ARCHITECTURE_KEYS, MODELS, option_names
 
 B, T, K, D, WORDS = 6, 12, 16, 24, 8
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kbench.config import DataConfig
+from kbench.core.config import DataConfig
+from kbench.core.registry import Registry
 from kbench.data.source import DataSource
 from kbench.data.splits import DatasetSplits, Split
-from kbench.registry import Registry
 
 DATASETS: Registry[type[DataSource]] = Registry("dataset", base=DataSource)
 DATASETS.register("synth", "kbench.data.synth:SynthFashion")

@@ -10,12 +10,12 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from kbench.config import DataConfig
-from kbench.config import digest as digest_parts
+from kbench.core.config import DataConfig
+from kbench.core.config import digest as digest_parts
+from kbench.core.errors import KbenchError
 from kbench.data.layout import IMAGE_KEY, PRODUCT_KEY, TEST_FILE, TRAIN_FILE, check_layout, decode
 from kbench.data.source import DataSource
 from kbench.data.splits import DatasetSplits, Split, carve_dev
-from kbench.errors import KbenchError
 
 log = logging.getLogger(__name__)
 

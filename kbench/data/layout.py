@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from kbench.errors import KbenchError
+from kbench.core.errors import KbenchError
 
 TRAIN_FILE = "fashiongen_256_256_train.h5"
 TEST_FILE = "fashiongen_256_256_validation.h5"

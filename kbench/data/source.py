@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from kbench.config import DataConfig
+from kbench.core.config import DataConfig
 
 
 class DataSource(ABC):

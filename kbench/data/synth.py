@@ -23,7 +23,10 @@ from typing import TypeVar
 import numpy as np
 from filelock import FileLock
 
-from kbench.config import DataConfig, SynthConfig, digest
+from kbench.core.config import DataConfig, SynthConfig, digest
+from kbench.core.errors import KbenchError
+from kbench.core.paths import atomic_dir, atomic_path, cache_dir
+from kbench.core.progress import stage
 from kbench.data.layout import TEST_FILE, TRAIN_FILE, encode, write_split
 from kbench.data.source import DataSource
 from kbench.data.synth_render import (
@@ -45,9 +48,6 @@ from kbench.data.synth_render import (
     second_colours,
 )
 from kbench.data.synth_text import Description, describe
-from kbench.errors import KbenchError
-from kbench.paths import atomic_dir, atomic_path, cache_dir
-from kbench.progress import stage
 
 log = logging.getLogger(__name__)
 
@@ -566,7 +566,7 @@ class SynthFashion(DataSource):
 
 
 def generate(out_dir: Path, cfg: SynthConfig) -> None:
-    """Write both files into out_dir (created if missing), showing progress with kbench.progress.track/stage."""
+    """Write both files into out_dir (created if missing), showing progress with kbench.core.progress.track/stage."""
     log.info("generating SynthFashion %s into %s", _size(cfg), out_dir)
     _write(Path(out_dir), cfg)
 

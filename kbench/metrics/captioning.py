@@ -15,7 +15,7 @@ from pycocoevalcap.meteor import meteor as _meteor_module
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from kbench.errors import KbenchError
+from kbench.core.errors import KbenchError
 
 
 class EnglishMeteor(_meteor_module.Meteor):

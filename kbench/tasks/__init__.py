@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbench.errors import KbenchError
-from kbench.registry import Registry
+from kbench.core.errors import KbenchError
+from kbench.core.registry import Registry
 from kbench.tasks.base import Task, TaskResult
 from kbench.tasks.card import TaskCard, load_cards
 

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from kbench.batches import to_device
-from kbench.config import OptimConfig
-from kbench.loader import FINETUNE_DRAWS, FINETUNE_ORDER, epoch_order, prefetch, step_rng
+from kbench.core.config import OptimConfig
+from kbench.data.loader import FINETUNE_DRAWS, FINETUNE_ORDER, epoch_order, prefetch, step_rng
+from kbench.engine.trial import Trial
+from kbench.features.batches import to_device
+from kbench.models.training import StepFn, fit
+from kbench.models.zoo import VLPreTrainedModel
 from kbench.tasks.card import TaskCard
-from kbench.training import StepFn, fit
-from kbench.trial import Trial
-from kbench.zoo import VLPreTrainedModel
 
 # Receives the epoch (1-based) and the evaluation split's metrics after that fine-tuning epoch.
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -27,7 +27,7 @@ EpochHook = Callable[[int, dict[str, float]], None]
 @dataclass
 class TaskResult:
     """Corpus-level metrics (named as the card names them), artifacts (file name -> text), the per-epoch
-    means of the fine-tuning loss and accuracy, and the per-sample outputs (kbench.samples' records, one per test
+    means of the fine-tuning loss and accuracy, and the per-sample outputs (kbench.tasks.samples' records, one per test
     item) from which the metrics can be recomputed."""
 
     metrics: dict[str, float]

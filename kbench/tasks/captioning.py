@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kbench.batches import ModelData, model_inputs
+from kbench.core.progress import stage
+from kbench.engine.trial import Trial
+from kbench.features.batches import ModelData, model_inputs
 from kbench.metrics import caption_scores
 from kbench.metrics.captioning import caption_scores_per_item
-from kbench.progress import stage
-from kbench.samples import captioning_record
+from kbench.models.zoo import VLPreTrainedModel
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
-from kbench.trial import Trial
-from kbench.zoo import VLPreTrainedModel
+from kbench.tasks.samples import captioning_record
 
 
 @dataclass

@@ -9,8 +9,8 @@ from typing import Any
 
 import yaml
 
-from kbench.config import OptimConfig, _build
-from kbench.errors import KbenchError
+from kbench.core.config import OptimConfig, _build
+from kbench.core.errors import KbenchError
 
 
 @dataclass(frozen=True)

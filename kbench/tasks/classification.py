@@ -11,14 +11,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kbench.batches import ModelData, model_inputs
-from kbench.errors import KbenchError
+from kbench.core.errors import KbenchError
+from kbench.core.progress import stage
+from kbench.engine.trial import Trial
+from kbench.features.batches import ModelData, model_inputs
 from kbench.metrics import classification_scores
-from kbench.progress import stage
-from kbench.samples import UNSEEN, classification_record
+from kbench.models.zoo import VLPreTrainedModel
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
-from kbench.trial import Trial
-from kbench.zoo import VLPreTrainedModel
+from kbench.tasks.samples import UNSEEN, classification_record
 
 log = logging.getLogger(__name__)
 

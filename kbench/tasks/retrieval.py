@@ -9,16 +9,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from kbench.batches import ModelData, NegativeSampler, model_inputs
-from kbench.config import digest
-from kbench.errors import KbenchError
+from kbench.core.config import digest
+from kbench.core.errors import KbenchError
+from kbench.core.progress import stage
+from kbench.engine.trial import Trial
+from kbench.features.batches import ModelData, NegativeSampler, model_inputs
 from kbench.metrics.retrieval import TIES, ranks_and_ties, recall_at_k
-from kbench.progress import stage
-from kbench.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists, FullGallery
-from kbench.samples import FULL_RANK_FIELD, list_id, retrieval_record
+from kbench.models.zoo import VLPreTrainedModel
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
-from kbench.trial import Trial
-from kbench.zoo import VLPreTrainedModel
+from kbench.tasks.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists, FullGallery
+from kbench.tasks.samples import FULL_RANK_FIELD, list_id, retrieval_record
 
 KS = (1, 5, 10)
 FULL_GALLERY = FullGallery()

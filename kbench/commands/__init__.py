@@ -1,0 +1,1 @@
+"""The ``kbench`` command line and the commands built on the layers below."""

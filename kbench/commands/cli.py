@@ -1,0 +1,392 @@
+"""The ``kbench`` command line: run, ablate, table, compare, plot, ui, reproduce, ls, config, data, bench.
+
+Every subcommand is a function of its parsed options, so tests drive the same entry point as users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+import kbench
+from kbench.core.config import PROFILES, Config, digest, load_config, profile_description
+from kbench.core.errors import KbenchError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"kbench {kbench.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="pre-train, fine-tune and evaluate models on tasks; print the main table")
+    run.add_argument("--model", default="kaleido", help="zoo entries, comma-separated, or all")
+    run.add_argument("--task", default="all", help="tasks (itr,tir,cr,sub,fc), comma-separated, or all")
+    _add_config_args(run)
+    _add_tracking_args(run)
+    _add_trial_args(run)
+    _add_limit_arg(run)
+    run.add_argument("--resume", action="store_true", help="skip trials that already have a finished result")
+    run.set_defaults(handler=cmd_run)
+
+    ablate = sub.add_parser("ablate", help="run the paper's Table 4 ablations; print their tables")
+    ablate.add_argument("block", help="kpg, agm, akpm or all")
+    ablate.add_argument("--model", default="kaleido", help="the zoo entry whose options are ablated")
+    _add_config_args(ablate)
+    _add_tracking_args(ablate)
+    _add_trial_args(ablate)
+    _add_limit_arg(ablate)
+    ablate.set_defaults(handler=cmd_ablate)
+
+    tune = sub.add_parser("tune", help="search a task's fine-tuning recipe with ASHA on the dev split")
+    tune.add_argument("--model", default="kaleido", help="the zoo entry whose fine-tuning is searched")
+    tune.add_argument("--task", required=True, help="one task: itr, tir, cr, sub or fc")
+    tune.add_argument("--samples", type=int, default=8, help="recipes sampled (default 8)")
+    tune.add_argument(
+        "--out", type=Path, help="config file for the best recipe (default results/tune/MODEL-TASK.yaml)"
+    )
+    _add_config_args(tune)
+    _add_tracking_args(tune)
+    tune.add_argument("--seed", type=int, default=0, help="seed of the pre-training, the fine-tuning and the search")
+    _add_resource_args(tune)
+    _add_limit_arg(tune)
+    tune.set_defaults(handler=cmd_tune)
+
+    table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
+    which = table.add_mutually_exclusive_group(required=True)
+    which.add_argument("--main", action="store_true", help="Tables 2 and 3 (retrieval; CR, SUB, FC)")
+    which.add_argument("--ablation", metavar="BLOCK", help="one block of Table 4: kpg, agm or akpm")
+    table.add_argument("--format", default="md", choices=("md", "latex", "csv", "html"))
+    table.add_argument("--profile", help="only runs of this profile (default: that of the newest run)")
+    table.add_argument("--dataset", help="only runs on this dataset (default: that of the newest run)")
+    table.add_argument("--limit", type=int, help="only runs limited to the first N products (default: full runs)")
+    table.add_argument("--output", type=Path, help="also write the table to this file")
+    table.add_argument(
+        "--config-hash", metavar="KEY", help="the runs of this config key (a prefix will do) where a model has several"
+    )
+    table.add_argument(
+        "--match",
+        action="store_true",
+        help="only runs whose config is what kbench run with these --profile, --dataset, --set, --config would use",
+    )
+    table.add_argument("--config", dest="config_files", type=Path, action="append", default=[], metavar="FILE")
+    table.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_tracking_args(table)
+    table.set_defaults(handler=cmd_table)
+
+    compare = sub.add_parser("compare", help="two runs or models metric by metric: paired intervals and p-values")
+    compare.add_argument("a", metavar="RUN_A", help="a run id, or model[:variant] (its newest config's seeds)")
+    compare.add_argument("b", metavar="RUN_B", help="a run id, or model[:variant]")
+    compare.add_argument("--format", default="md", choices=("md", "csv"))
+    compare.add_argument("--profile", help="of model[:variant] runs (default: that of the newest run)")
+    compare.add_argument("--dataset", help="of model[:variant] runs (default: that of the newest run)")
+    compare.add_argument("--limit", type=int, help="model[:variant] runs limited to N products (default: full runs)")
+    _add_tracking_args(compare)
+    compare.set_defaults(handler=cmd_compare)
+
+    plot = sub.add_parser("plot", help="PNG figures of ablations and pre-training curves from MLflow runs")
+    what = plot.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ablation", metavar="BLOCK", help="bars of a Table 4 block (kpg, agm, akpm or all)")
+    what.add_argument("--curves", action="store_true", help="pre-training curves of each pretext task (Fig. 7)")
+    plot.add_argument("--model", default="kaleido", help="the zoo entry whose runs are plotted")
+    plot.add_argument("--out", type=Path, default=Path("results"), help="directory to write the PNG files to")
+    _add_tracking_args(plot)
+    plot.set_defaults(handler=cmd_plot)
+
+    ui = sub.add_parser("ui", help="serve the MLflow UI of the tracking store on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--tracking-uri", help="the store to serve (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    ui.set_defaults(handler=cmd_ui)
+
+    reproduce = sub.add_parser("reproduce", help="rerun the reference study and compare it with results/reference")
+    mode = reproduce.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="compare with the reference (the default)")
+    mode.add_argument("--update", action="store_true", help="rewrite the reference with this run's results")
+    reproduce.set_defaults(handler=cmd_reproduce)
+
+    ls = sub.add_parser("ls", help="list registered models, tasks, datasets, protocols, encoders or profiles")
+    ls.add_argument("what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"))
+    ls.set_defaults(handler=cmd_ls)
+
+    config = sub.add_parser("config", help="print the resolved config of a profile and its hash")
+    _add_config_args(config)
+    config.set_defaults(handler=cmd_config)
+
+    data = sub.add_parser("data", help="dataset utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    synth = data_sub.add_parser("synth", help="write SynthFashion in the Fashion-Gen layout to a directory")
+    synth.add_argument("--out", type=Path, required=True, help="directory to write the two HDF5 files into")
+    _add_config_args(synth, dataset=False)
+    synth.set_defaults(handler=cmd_data_synth)
+
+    bench = sub.add_parser("bench", help="time feature extraction, pre-training steps and retrieval scoring")
+    _add_config_args(bench, profile=None)
+    bench.add_argument("--model", default="kaleido")
+    bench.add_argument("--out", type=Path, help="JSON file to write (default results/bench.json, bench-scale.json)")
+    bench.add_argument(
+        "--scale",
+        type=int,
+        metavar="ROWS",
+        help="measure the data path instead, on a store of ROWS rows at the paper profile's shapes (no CNN)",
+    )
+    bench.add_argument("--dir", type=Path, help="where --scale writes its store (default: KBENCH_HOME/bench)")
+    bench.add_argument("--keep", action="store_true", help="keep the --scale store instead of removing it")
+    bench.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True, profile: str | None = "default") -> None:
+    parser.add_argument("--profile", default=profile, help=f"one of {', '.join(PROFILES)}")
+    if dataset:
+        parser.add_argument("--dataset", help="synth (default) or fashiongen")
+        parser.add_argument("--data-dir", help="directory holding fashiongen_256_256_{train,validation}.h5")
+    parser.add_argument(
+        "--config",
+        dest="config_files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML overrides in the profile's layout (e.g. what kbench tune wrote), applied before --set",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key",
+    )
+
+
+def _add_trial_args(parser: argparse.ArgumentParser) -> None:
+    """Which seeds run, where, and with what resources."""
+    parser.add_argument("--seed", type=int, default=0, help="first seed")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds, from --seed on")
+    _add_resource_args(parser)
+
+
+def _add_limit_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limit",
+        type=int,
+        help="only the first N products of each split, to try a profile quickly (runs are tagged, tabulated apart)",
+    )
+
+
+def _add_resource_args(parser: argparse.ArgumentParser) -> None:
+    """Where trials run and with what resources."""
+    parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--cpus-per-trial", type=int, help="CPUs each trial reserves (default: the profile's)")
+    parser.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: the profile's)")
+    parser.add_argument("--retries", type=int, help="times a failed trial is restarted (default: the profile's)")
+    parser.add_argument(
+        "--pretrain-workers", type=int, help="data-parallel pre-training workers per trial (Ray Train, DDP)"
+    )
+
+
+def _add_tracking_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
+    parser.add_argument("--experiment", default="kbench", help="MLflow experiment name")
+
+
+# Flags that are shorthands for config keys.
+FLAG_KEYS = {
+    "cpus_per_trial": "runtime.cpus_per_trial",
+    "gpus_per_trial": "runtime.gpus_per_trial",
+    "retries": "runtime.retries",
+    "pretrain_workers": "pretrain.workers",
+    "limit": "data.limit",
+}
+
+
+def resolve_config(opts: argparse.Namespace) -> Config:
+    """The profile with ``--dataset``, ``--data-dir`` and ``--set`` applied."""
+    overrides = list(opts.overrides)
+    if getattr(opts, "dataset", None):
+        overrides.insert(0, f"data.dataset={opts.dataset}")
+    if getattr(opts, "data_dir", None):
+        overrides.insert(0, f"data.data_dir={opts.data_dir}")
+    for flag, key in FLAG_KEYS.items():
+        if getattr(opts, flag, None) is not None:
+            overrides.append(f"{key}={getattr(opts, flag)}")
+    return load_config(opts.profile, overrides, opts.config_files)
+
+
+def cmd_run(opts: argparse.Namespace) -> int:
+    from kbench.engine.runner import run
+
+    print(run(opts))
+    return 0
+
+
+def cmd_tune(opts: argparse.Namespace) -> int:
+    from kbench.engine.tuning import tune_recipe
+
+    print(tune_recipe(opts))
+    return 0
+
+
+def cmd_ablate(opts: argparse.Namespace) -> int:
+    from kbench.engine.runner import ablate
+
+    print(ablate(opts))
+    return 0
+
+
+def cmd_table(opts: argparse.Namespace) -> int:
+    from kbench.engine.tracking import tracking_uri
+    from kbench.report.tables import build_ablation, build_main
+
+    uri = tracking_uri(opts.tracking_uri)
+    if (opts.overrides or opts.config_files) and not opts.match:
+        raise KbenchError("--set and --config choose the runs of --match; add --match")
+    match = None
+    if opts.match:
+        opts.profile = opts.profile or "default"  # as kbench run's
+        match = resolve_config(opts)
+    selection = {"limit": opts.limit, "config_hash": opts.config_hash, "match": match}
+    if opts.ablation:
+        text = build_ablation(
+            uri, opts.experiment, opts.ablation, opts.format, opts.profile, opts.dataset, **selection
+        )
+    else:
+        text = build_main(uri, opts.experiment, opts.format, opts.profile, opts.dataset, **selection)
+    if opts.output:
+        from kbench.core.paths import atomic_path
+
+        with atomic_path(opts.output) as tmp:
+            tmp.write_text(text)
+    print(text, end="")
+    return 0
+
+
+def cmd_compare(opts: argparse.Namespace) -> int:
+    from kbench.engine.tracking import tracking_uri
+    from kbench.report.compare import compare_runs
+
+    uri = tracking_uri(opts.tracking_uri)
+    print(
+        compare_runs(uri, opts.experiment, opts.a, opts.b, opts.format, opts.profile, opts.dataset, opts.limit), end=""
+    )
+    return 0
+
+
+def cmd_plot(opts: argparse.Namespace) -> int:
+    from kbench.engine.tracking import tracking_uri
+    from kbench.report.plots import plot_ablation, plot_curves
+
+    uri = tracking_uri(opts.tracking_uri)
+    if opts.curves:
+        paths = plot_curves(uri, opts.experiment, opts.out, opts.model)
+    else:
+        paths = plot_ablation(uri, opts.experiment, opts.ablation, opts.out, opts.model)
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_ui(opts: argparse.Namespace) -> int:
+    from kbench.engine.tracking import serve, tracking_uri
+
+    return serve(tracking_uri(opts.tracking_uri), opts.port)
+
+
+def cmd_reproduce(opts: argparse.Namespace) -> int:
+    from kbench.commands.reproduce import reproduce
+
+    status, report = reproduce(opts.update)
+    print(report)
+    return status
+
+
+def cmd_ls(opts: argparse.Namespace) -> int:
+    if opts.what == "profiles":
+        for name in PROFILES:
+            print(f"{name:<8}  {profile_description(name)}")
+        return 0
+    registry = _registry(opts.what)
+    width = max(len(n) for n in registry.names())
+    for name in registry.names():
+        print(f"{name:<{width}}  {registry.describe(name)}")
+    return 0
+
+
+def _registry(what: str):
+    if what == "models":
+        from kbench.models.zoo import MODELS
+
+        return MODELS
+    if what == "tasks":
+        from kbench.tasks import TASKS
+
+        return TASKS
+    if what == "datasets":
+        from kbench.data import DATASETS
+
+        return DATASETS
+    if what == "protocols":
+        from kbench.tasks.protocols import PROTOCOLS
+
+        return PROTOCOLS
+    from kbench.features.encoders import ENCODERS
+
+    return ENCODERS
+
+
+def cmd_config(opts: argparse.Namespace) -> int:
+    cfg = resolve_config(opts)
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    print(f"# config hash: {digest(cfg.results_dict())}")
+    return 0
+
+
+def cmd_data_synth(opts: argparse.Namespace) -> int:
+    from kbench.data.synth import generate
+
+    cfg = resolve_config(opts)
+    generate(opts.out, cfg.data.synth)
+    print(f"wrote SynthFashion to {opts.out}")
+    return 0
+
+
+def cmd_bench(opts: argparse.Namespace) -> int:
+    if opts.scale is not None:
+        from kbench.commands.scale import run_scale_bench
+        from kbench.core.paths import cache_dir
+
+        opts.profile = opts.profile or "paper"
+        out = opts.out or Path("results/bench-scale.json")
+        print(run_scale_bench(resolve_config(opts), opts.scale, opts.dir or cache_dir("bench"), opts.keep, out))
+        return 0
+    from kbench.commands.bench import run_bench
+
+    opts.profile = opts.profile or "default"
+    print(run_bench(resolve_config(opts), opts.model, opts.out or Path("results/bench.json")))
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; user errors print one line and return 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
+    signal.signal(signal.SIGTERM, _interrupt)  # a terminated run ends as FAILED in MLflow, like Ctrl-C
+    opts = build_parser().parse_args(argv)
+    try:
+        return opts.handler(opts)
+    except KbenchError as exc:
+        print(f"kbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kbench: interrupted", file=sys.stderr)
+        return 130

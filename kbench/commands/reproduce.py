@@ -1,0 +1,104 @@
+"""``kbench reproduce``: rerun the committed reference study and compare every metric with its reference results.
+
+The study is the smoke profile of the main table (every zoo entry) and the AGM block
+of Table 4, run into a fresh tracking store. On a CPU the whole computation is seeded and deterministic, so the
+default tolerance is a rounding-level one; ``--update`` rewrites the reference for a change meant to move results.
+Trials run with their kernels pinned to AVX2 code paths (``PINNED_ISA``), so that x86 machines with wider vector
+units (AVX-512) round exactly as those without do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+from tabulate import tabulate
+
+import kbench
+from kbench.core.errors import KbenchError
+from kbench.core.paths import atomic_path
+from kbench.report.tables import load_runs
+
+EXPERIMENT = "reproduce"
+MODELS = "all"
+BLOCK = "agm"
+PROFILE = "smoke"
+TOLERANCE = 1e-6  # relative, against max(1, |reference|)
+REFERENCE = Path(kbench.__file__).resolve().parent.parent / "results" / "reference" / f"{PROFILE}.json"
+
+Results = dict[str, dict[str, float]]  # trial label -> metric -> value
+
+# Read by torch's kernel dispatch, MKL and oneDNN when a trial's process starts (Ray workers inherit them).
+PINNED_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+@contextlib.contextmanager
+def pinned_isa() -> Iterator[None]:
+    """``PINNED_ISA`` in the environment for the block (where not set already), restored afterwards."""
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in PINNED_ISA.items() if k not in os.environ})
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def run_study(uri: str) -> Results:
+    """Run the study into the tracking store ``uri`` and return its results."""
+    from kbench.commands.cli import build_parser
+    from kbench.engine.runner import ablate, run
+
+    common = ["--profile", PROFILE, "--tracking-uri", uri, "--experiment", EXPERIMENT]
+    parser = build_parser()
+    run(parser.parse_args(["run", "--model", MODELS, "--task", "all", *common]))
+    ablate(parser.parse_args(["ablate", BLOCK, *common]))
+    return collect(uri)
+
+
+def collect(uri: str) -> Results:
+    """Every finished trial's metrics, apart from wall-clock times and memory peaks."""
+    runs = load_runs(uri, EXPERIMENT)
+    out: Results = {}
+    for _, row in runs.iterrows():
+        label = f"{row['model']}/{row['variant']}/seed{row['seed']}"
+        metrics = {k: float(v) for k, v in row.items() if "/" in str(k) and not str(k).startswith(("time/", "mem/"))}
+        out[label] = {k: v for k, v in sorted(metrics.items()) if not math.isnan(v)}
+    return dict(sorted(out.items()))
+
+
+def differences(reference: Results, current: Results, tolerance: float) -> pd.DataFrame:
+    """The (trial, metric) pairs that moved beyond ``tolerance``, appeared or disappeared."""
+    rows = []
+    for trial in sorted(set(reference) | set(current)):
+        ref, cur = reference.get(trial, {}), current.get(trial, {})
+        for metric in sorted(set(ref) | set(cur)):
+            a, b = ref.get(metric), cur.get(metric)
+            if a is None or b is None or abs(a - b) > tolerance * max(1.0, abs(a)):
+                rows.append({"trial": trial, "metric": metric, "reference": a, "now": b})
+    return pd.DataFrame(rows, columns=["trial", "metric", "reference", "now"])
+
+
+def reproduce(update: bool, reference: Path = REFERENCE, tolerance: float = TOLERANCE) -> tuple[int, str]:
+    """Rerun the study; with ``update`` rewrite ``reference``, else compare with it. ``(exit status, report)``."""
+    if not update and not reference.is_file():
+        raise KbenchError(f"no reference results at {reference}; `kbench reproduce --update` writes them")
+    with tempfile.TemporaryDirectory(prefix="kbench-reproduce-") as tmp, pinned_isa():
+        current = run_study(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+    count = sum(len(m) for m in current.values())
+    if update:
+        reference.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(reference) as path:
+            path.write_text(json.dumps(current, indent=1) + "\n")
+        return 0, f"wrote {count} metrics of {len(current)} trials to {reference}"
+    moved = differences(json.loads(reference.read_text()), current, tolerance)
+    if moved.empty:
+        return 0, f"reproduced: {count} metrics of {len(current)} trials match {reference} (tolerance {tolerance:g})"
+    table = tabulate(moved, headers="keys", tablefmt="github", showindex=False, floatfmt=".6g", missingval="–")
+    return 1, f"{len(moved)} of {count} metrics moved beyond tolerance {tolerance:g}:\n\n{table}"

@@ -1,0 +1,1 @@
+"""The ground floor every layer stands on: errors, paths, registries, configs, progress, memory."""

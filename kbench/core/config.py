@@ -1,0 +1,369 @@
+"""Typed configuration: dataclass defaults are the embedded ``default`` profile, YAML profiles override them.
+
+A resolved config is plain data (``to_dict``) and hashed (``digest``); the hashes of its parts name caches
+and checkpoints, so two runs share a stage exactly when the settings that stage depends on agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kbench.core.errors import KbenchError, unknown_choice
+
+PROFILES = ("smoke", "default", "paper")
+IMAGES, PAIRS = "images", "pairs"  # what a pre-training epoch counts (pretrain.epoch_unit)
+EPOCH_UNITS = (IMAGES, PAIRS)
+PAIRS_NEGATIVE_RATE = 0.5  # an epoch of pairs shows every image once matched and once mismatched
+
+
+@dataclass
+class SynthConfig:
+    """Size and seed of the generated SynthFashion dataset."""
+
+    products_train: int = 2000
+    products_test: int = 1000
+    max_poses: int = 3
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to read and how its text is tokenised."""
+
+    dataset: str = "synth"
+    data_dir: str | None = None
+    tokenizer: str = "bundled"  # "bundled" (bert-base-uncased WordPiece, offline) or a hub name / path
+    max_text_len: int = 40
+    dev_fraction: float = 0.05
+    dev_seed: int = 0
+    limit: int | None = None  # only the first N products of each split (--limit), to try a profile quickly
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class FeatureConfig:
+    """The frozen patch encoder and how crops are fed to it."""
+
+    encoder: str = "small-cnn"
+    weights: str | None = None  # a torchvision-layout state dict for resnet50; "random" to try the code path
+    crop_size: int = 32
+    batch_size: int = 64  # images per extraction batch
+    shard_rows: int = 1024  # images per store shard, the unit of atomic commit, resumption and parallel extraction
+    workers: int = 1  # extraction tasks run at once (Ray; trial-sized: its CPUs and, where trials have them, a GPU)
+
+
+@dataclass
+class ModelConfig:
+    """Transformer size shared by every zoo entry; ``init_from`` names a BERT checkpoint to start from.
+
+    The defaults are the CPU-sized default profile: without dropout, so that cross-modal matching leaves
+    its initial plateau within the few thousand steps a CPU affords (BERT's 0.1 is set by ``paper``).
+    """
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
+    init_from: str | None = None
+
+
+@dataclass
+class OptimConfig:
+    """One optimisation recipe: AdamW, linear warm-up then linear decay, global-norm clipping.
+
+    Adam's moments default to PyTorch's (0.9, 0.999, 1e-8), which the CPU profiles were tuned with; the ``paper``
+    profile sets the released code's ``adam_beta2=0.98``, ``adam_epsilon=1e-6``. ``weight_decay`` is decoupled
+    (AdamW) and spares biases and LayerNorms; 0 is the released code's plain Adam.
+    """
+
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # a fraction of the steps when < 1, else a number of steps
+    clip_norm: float = 1.0
+    max_steps: int | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+
+
+@dataclass
+class PretrainConfig(OptimConfig):
+    """The pre-training recipe; the objectives themselves are options of each zoo entry.
+
+    ``epoch_unit`` says what an epoch is: ``images``, one pass over the training images, each with its own text or,
+    at ``itm_negative_rate``, a mismatched one; ``pairs``, the released code's count, each image twice, once with
+    its own text and once with a mismatched one (twice the steps; the rate is then 1:1 by construction).
+    ``init_mlm_head`` also loads the MLM head (``cls.predictions``: transform and decoder bias) from the
+    ``model.init_from`` checkpoint where it has one; the decoder weight is always the tied word embeddings.
+    """
+
+    epochs: float = 25.0
+    lr: float = 1e-3
+    warmup: float = 0.05
+    itm_negative_rate: float = 0.5
+    epoch_unit: str = IMAGES  # images | pairs
+    init_mlm_head: bool = True
+    workers: int = 1  # data-parallel workers (Ray Train, DDP); each takes an equal slice of every batch
+    save_every: int = 500  # steps between the training states a killed pre-training resumes from (0: never)
+
+
+@dataclass
+class AlignmentConfig:
+    """Kaleido-BERT's alignment generator (AAG): a Show-Attend-and-Tell captioner trained on the train split."""
+
+    crop_size: int = 56  # locked boxes are resized to this before the encoder's feature map (14 x 14 for small-cnn)
+    epochs: float = 6.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    embed_size: int = 128
+    hidden_size: int = 256
+    attention_size: int = 128
+    vocab_min_count: int = 2
+    max_words: int = 32
+    attention_reg: float = 1.0  # weight of the doubly stochastic attention loss
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how trials run. The scheduling fields (``SCHEDULING``) do not change results and are left out
+    of the config hash, so a trial resumes whatever resources it is given."""
+
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
+    cpus_per_trial: int = 2
+    gpus_per_trial: float = 0.0
+    cpus_per_worker: int = 1  # of each data-parallel pre-training worker; each also takes a GPU when trials do
+    retries: int = 1  # times Ray Tune restarts a failed trial
+    eval_batch_size: int = 128
+    # Processes building batches ahead of the step; 0 builds them in the training loop's thread, which is faster on a
+    # CPU, whose cores the step's kernels already use (a worker cost 7 % of a default-profile step on 2 cores).
+    loader_workers: int = 0
+
+
+# Settings that change where and how fast work runs, never its results: left out of every hash.
+SCHEDULING = (
+    "runtime.cpus_per_trial",
+    "runtime.gpus_per_trial",
+    "runtime.cpus_per_worker",
+    "runtime.retries",
+    "runtime.loader_workers",
+    "features.workers",
+    "pretrain.save_every",
+)
+
+
+@dataclass
+class Config:
+    """Everything a run depends on, apart from the model name and the seed."""
+
+    profile: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model options, e.g. models.fashionbert
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    aag: AlignmentConfig = field(default_factory=AlignmentConfig)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides of the task cards
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def results_dict(self) -> dict[str, Any]:
+        """``to_dict`` without the scheduling fields: what results depend on."""
+        return without_scheduling(self.to_dict())
+
+
+def without_scheduling(data: dict[str, Any], section: str = "") -> dict[str, Any]:
+    """``data`` (a config dict, or its ``section``) without the ``SCHEDULING`` keys."""
+    prefix = f"{section}." if section else ""
+    out = {}
+    for key, value in data.items():
+        if f"{prefix}{key}" in SCHEDULING:
+            continue
+        out[key] = without_scheduling(value, f"{prefix}{key}") if isinstance(value, dict) else value
+    return out
+
+
+def digest(*parts: Any) -> str:
+    """A short stable hash of JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def profile_description(profile: str) -> str:
+    """The first comment line of a profile's YAML file."""
+    first = _profile_text(profile).splitlines()[0]
+    return first.lstrip("# ").strip()
+
+
+def _profile_text(profile: str) -> str:
+    if profile not in PROFILES:
+        raise unknown_choice("profile", profile, PROFILES)
+    return resources.files("kbench").joinpath("profiles", f"{profile}.yaml").read_text()
+
+
+def load_config(
+    profile: str = "default", overrides: list[str] | tuple[str, ...] = (), files: list[Path] | tuple[Path, ...] = ()
+) -> Config:
+    """The named profile, with the override ``files`` (YAML in the profile's layout, such as the ones ``kbench
+    tune`` writes) merged onto it in order, then the ``--set key=value`` overrides applied."""
+    data = yaml.safe_load(_profile_text(profile)) or {}
+    for path in files:
+        data = _merge(data, read_override_file(path))
+    where = f"profile {profile}" + "".join(f" + {path}" for path in files)
+    cfg = _build(Config, data, where)
+    cfg.profile = profile
+    for item in overrides:
+        apply_override(cfg, item)
+    if cfg.data.limit is not None and cfg.data.limit < 1:
+        raise KbenchError(f"--limit must be at least 1 product, got {cfg.data.limit}")
+    check_epoch_unit(cfg.pretrain)
+    return cfg
+
+
+def check_epoch_unit(cfg: PretrainConfig) -> None:
+    """Refuse an unknown ``epoch_unit``, and a negative rate that an epoch of pairs cannot have."""
+    if cfg.epoch_unit not in EPOCH_UNITS:
+        raise unknown_choice("pretrain.epoch_unit", cfg.epoch_unit, EPOCH_UNITS)
+    if cfg.epoch_unit == PAIRS and cfg.itm_negative_rate != PAIRS_NEGATIVE_RATE:
+        raise KbenchError(
+            f"pretrain.itm_negative_rate={cfg.itm_negative_rate} needs pretrain.epoch_unit=images: an epoch of "
+            f"pairs shows each image once with its own text and once with another's ({PAIRS_NEGATIVE_RATE})"
+        )
+
+
+def read_override_file(path: Path) -> dict[str, Any]:
+    """A YAML mapping of config keys, as a profile has them."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise KbenchError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise KbenchError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise KbenchError(f"config file {path}: expected a mapping of config keys")
+    return data
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` merged in, section by section."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def apply_override(cfg: Config, item: str) -> None:
+    """Apply one ``a.b.c=value`` override in place, coercing the value to the field's type."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise KbenchError(f"malformed --set {item!r}: expected key=value, e.g. pretrain.lr=1e-4")
+    parts = key.split(".")
+    node: Any = cfg
+    for depth, name in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, dict):
+            if last:
+                node[name] = _parse_scalar(raw)
+            else:
+                node = node.setdefault(name, {})
+                if not isinstance(node, dict):
+                    raise KbenchError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section")
+            continue
+        names = [f.name for f in dataclasses.fields(node)]
+        if name not in names:
+            where = ".".join(parts[:depth]) or "config"
+            close = difflib.get_close_matches(name, names, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; {where} has: {', '.join(names)}"
+            raise KbenchError(f"unknown config key {key!r}{hint}")
+        if last:
+            hint = typing.get_type_hints(type(node))[name]
+            setattr(node, name, _coerce(_parse_scalar(raw), hint, key))
+        else:
+            node = getattr(node, name)
+            if not (dataclasses.is_dataclass(node) or isinstance(node, dict)):
+                raise KbenchError(f"--set {key}: {'.'.join(parts[: depth + 1])} is a value, not a section")
+
+
+def _parse_scalar(raw: str) -> Any:
+    raw = raw.strip()
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            return float(value) if any(c in value for c in "eE.") else value
+        except ValueError:
+            return value
+    return value
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type hint, converting ints to floats where a float is wanted."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except KbenchError:
+                continue
+        raise KbenchError(f"bad value {value!r} for {key}: expected {_type_name(hint)}")
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise KbenchError(f"bad value {value!r} for {key}: expected a section")
+        return _build(hint, value, key)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise KbenchError(f"bad value {value!r} for {key}: expected a mapping")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is Any or (isinstance(hint, type) and isinstance(value, hint) and not _bool_for_number(value, hint)):
+        return value
+    raise KbenchError(f"bad value {value!r} for {key}: expected {_type_name(hint)}")
+
+
+def _bool_for_number(value: Any, hint: type) -> bool:
+    return isinstance(value, bool) and hint in (int, float)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint).replace("typing.", ""))
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys."""
+    if not isinstance(data, dict):
+        raise KbenchError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise KbenchError(f"{where}: unknown key {unknown[0]!r}{hint}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in data.items()}
+    return cls(**kwargs)

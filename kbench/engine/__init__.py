@@ -1,0 +1,1 @@
+"""Running trials: the per-trial pipeline, pre-training, Ray Tune scheduling, MLflow tracking."""

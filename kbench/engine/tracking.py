@@ -1,0 +1,209 @@
+"""MLflow conventions: where runs go, one parent run per invocation, one child run per trial."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import kbench
+from kbench.core.errors import KbenchError
+
+DEFAULT_EXPERIMENT = "kbench"
+DEFAULT_DB = "mlflow.db"
+_BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+
+
+def tracking_uri(cli: str | None = None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
+    uri = cli or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a run logs: the tracking URI, the experiment and the parent run of this invocation."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str | None = None
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri)
+
+
+def open_experiment(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created on first use (artifacts beside a SQLite store)."""
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        raise KbenchError(f"cannot use tracking store {uri}: {exc.message.splitlines()[0]}") from None
+
+
+def git_sha() -> str:
+    """The commit of the kbench checkout, or ``unknown`` outside a git checkout."""
+    here = Path(kbench.__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def base_tags(extra: Mapping[str, Any]) -> dict[str, str]:
+    tags = {"kbench.version": kbench.__version__, "kbench.git_sha": git_sha()}
+    tags.update({f"kbench.{k}": str(v) for k, v in extra.items()})
+    return tags
+
+
+@contextmanager
+def parent_run(tracking: Tracking, name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
+    """One run per CLI invocation; trials log their runs under it. Marked FAILED if the block raises."""
+    client = tracking.client()
+    run = client.create_run(tracking.experiment_id, run_name=name, tags=base_tags(tags))
+    log_params(client, run.info.run_id, params)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        yield run.info.run_id
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    finally:
+        client.set_terminated(run.info.run_id, status)
+
+
+class TrialRun:
+    """The MLflow run of one trial (a child of the invocation's run); FINISHED only if the trial completes."""
+
+    def __init__(self, tracking: Tracking, name: str, tags: Mapping[str, Any]) -> None:
+        self.client = tracking.client()
+        all_tags = base_tags(tags)
+        if tracking.parent_run_id:
+            all_tags["mlflow.parentRunId"] = tracking.parent_run_id
+        self.run_id = self.client.create_run(tracking.experiment_id, run_name=name, tags=all_tags).info.run_id
+
+    def __enter__(self) -> TrialRun:
+        return self
+
+    def __exit__(self, exc_type: type | None, *_: object) -> None:
+        status = RunStatus.FINISHED if exc_type is None else RunStatus.FAILED
+        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        tags = [RunTag(f"kbench.{k}", str(v)) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=tags)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        log_params(self.client, self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        log_metrics(self.client, self.run_id, metrics, step)
+
+    def log_text(self, name: str, content: str, directory: str | None = None) -> None:
+        """Write ``content`` as artifact file ``name``, in the artifact sub-directory ``directory`` if given."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(content)
+            self.client.log_artifact(self.run_id, str(path), directory)
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    items = [Param(k, json.dumps(v) if isinstance(v, dict | list) else str(v)) for k, v in params.items()]
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[i : i + _BATCH])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    items = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (the form configs take as params and ``--set`` keys)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def trial_runs(tracking: Tracking, model: str) -> list[Any]:
+    """Every trial run of ``model`` in the experiment, whatever its status."""
+    client = tracking.client()
+    runs, page = [], None
+    while True:
+        batch = client.search_runs(
+            [tracking.experiment_id], f"tags.`kbench.model` = '{model}'", max_results=1000, page_token=page
+        )
+        runs += batch
+        page = batch.token
+        if not page:
+            return runs
+
+
+def settle(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str) -> set[str]:
+    """Of the trials ``keys`` names (label -> (model, variant, config hash)), those with a FINISHED run for
+    ``tasks``. Variants can share a config (the full model is a column of every block), hence the variant.
+
+    Runs of those trials left RUNNING by an invocation that was killed are marked KILLED, so that once the
+    rest has run there is exactly one finished result per trial.
+    """
+    client = tracking.client()
+    wanted = {key: label for label, key in keys.items()}
+    finished: set[str] = set()
+    for model in {m for m, _, _ in keys.values()}:
+        for run in trial_runs(tracking, model):
+            tags = run.data.tags
+            label = wanted.get((model, tags.get("kbench.variant"), tags.get("kbench.config_hash")))
+            if label is None or tags.get("kbench.tasks") != tasks:
+                continue
+            if run.info.status == "FINISHED":
+                finished.add(label)
+            elif run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return finished
+
+
+def serve(uri: str, port: int) -> int:
+    """Run the MLflow UI for ``uri`` on 127.0.0.1 in the foreground (one worker, no job runner: starts in seconds)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise KbenchError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}; run `kbench run` first")
+    if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")):
+        raise KbenchError(f"kbench ui serves a local store; {uri} is already served")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if uri.startswith("sqlite:///"):
+        command += ["--artifacts-destination", (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()]
+    print(f"MLflow UI of {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.run(command, env=env, check=False).returncode
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,219 @@
+"""``kbench tune``: ASHA over one task's fine-tuning recipe (learning rate, batch size, epochs, warm-up), scored on
+the dev split after every epoch; the best recipe is written as a config file that ``kbench run --config`` takes.
+
+Every sample fine-tunes the same pre-trained checkpoint (made by the first sample that needs it, or taken from an
+earlier run) and is a child MLflow run of the invocation's run, with its dev metrics per epoch. Samples that ASHA
+stops early are finished runs tagged with the epoch they stopped at; their dev metrics are those of that epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.entities import RunStatus
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+from tabulate import tabulate
+
+from kbench.core.config import Config, OptimConfig
+from kbench.core.errors import KbenchError
+from kbench.core.paths import atomic_path, cache_dir
+from kbench.engine.launch import configure_worker, prepare_features, ray_session
+from kbench.engine.tracking import (
+    Tracking,
+    TrialRun,
+    log_metrics,
+    log_params,
+    open_experiment,
+    parent_run,
+    tracking_uri,
+)
+from kbench.engine.trial import TrialSpec, seed_everything
+from kbench.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+SEARCHED = ("lr", "batch_size", "epochs", "warmup")
+EPOCH = "epoch"  # ASHA's time attribute: one report per fine-tuning epoch
+RUN_ID = "run_id"
+
+
+def search_space(recipe: OptimConfig) -> dict[str, Any]:
+    """Centred on the recipe the card and profile give: the learning rate over two decades around it, half, the
+    same and double the batch size and the epochs, warm-up from none to 20 % of the steps."""
+    epochs = max(1, math.ceil(recipe.epochs))
+    return {
+        "lr": tune.loguniform(recipe.lr / 10, recipe.lr * 10),
+        "batch_size": tune.choice(sorted({max(8, recipe.batch_size // 2), recipe.batch_size, recipe.batch_size * 2})),
+        "epochs": tune.choice(sorted({max(1, epochs // 2), epochs, epochs * 2})),
+        "warmup": tune.uniform(0.0, 0.2),
+    }
+
+
+def _sample(config: dict[str, Any], spec: TrialSpec, base: Config, task: str, tracking: Tracking) -> None:
+    """One sample: fine-tune the pre-trained model with the sampled recipe, reporting dev metrics every epoch."""
+    from kbench.engine.pretraining import pretrained_model
+    from kbench.engine.trial import Trial
+
+    configure_worker()
+    seed_everything(spec.seed)
+    settings = {k: config[k] for k in SEARCHED}
+    overrides = tuple(f"tasks.{task}.finetune.{k}={v}" for k, v in settings.items())
+    trial = Trial(dataclasses.replace(spec, overrides=spec.overrides + overrides), base)
+    tags = {"model": spec.model, "search": task, "seed": spec.seed, "profile": base.profile}
+    with TrialRun(tracking, describe(settings), tags) as run:
+        run.log_params(settings)
+        model, _ = pretrained_model(trial)
+
+        reported = 0
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            nonlocal reported
+            run.log_metrics({f"dev/{k}": v for k, v in metrics.items()}, step=epoch)
+            reported = epoch
+            tune.report({**metrics, EPOCH: epoch, RUN_ID: run.run_id})
+
+        seed_everything(spec.seed)  # every sample starts fine-tuning from the same state, cached checkpoint or not
+        try:
+            build_task(task, trial.cfg.tasks.get(task, {})).run(trial, model, split="dev", on_epoch=on_epoch)
+        except SystemExit:  # how Tune ends a sample at the report where ASHA stops it (or it reached max_t)
+            if reported < settings["epochs"]:
+                run.set_tags({"stopped_at": reported})
+
+
+def describe(settings: dict[str, Any]) -> str:
+    return (
+        f"lr {settings['lr']:.2e}, batch {settings['batch_size']}, epochs {settings['epochs']}, "
+        f"warm-up {settings['warmup']:.2f}"
+    )
+
+
+class _Lines(tune.Callback):
+    """One line per sample and epoch on the driver's terminal."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        print(
+            f"{describe(trial.config)}: epoch {result[EPOCH]}, dev {self.metric} {result[self.metric]:.4g}", flush=True
+        )
+
+
+def tune_recipe(opts: argparse.Namespace) -> str:
+    """``kbench tune``: run the search, settle the samples' MLflow runs, write the best recipe; return the report."""
+    from kbench.commands.cli import resolve_config
+    from kbench.engine.runner import check_inputs
+
+    cfg = resolve_config(opts)
+    if "," in opts.task or opts.task == "all":
+        raise KbenchError("kbench tune searches one task's recipe at a time: --task itr, tir, cr, sub or fc")
+    if opts.samples < 1:
+        raise KbenchError("--samples must be at least 1")
+    task = build_task(opts.task, cfg.tasks.get(opts.task, {}))
+    spec = TrialSpec(opts.model, opts.seed)
+    check_inputs(cfg, [spec], [opts.task])
+    metric, space = task.card.primary_metric, search_space(task.recipe)
+    out = opts.out or Path("results") / "tune" / f"{opts.model}-{opts.task}.yaml"
+    uri = tracking_uri(opts.tracking_uri)
+    tracking = Tracking(uri, open_experiment(uri, opts.experiment))
+    name = f"tune-{opts.model}-{opts.task}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tags = {"command": "tune", "model": opts.model, "search": opts.task, "profile": cfg.profile}
+    params = {"samples": opts.samples, "metric": f"dev/{metric}", "scheduler": "ASHA", "space": _space_text(space)}
+    with parent_run(tracking, name, tags, params) as parent_id:
+        child = dataclasses.replace(tracking, parent_run_id=parent_id)
+        results = search(cfg, spec, opts.task, metric, space, opts.samples, child, name, opts.ray_address)
+        rows = settle_samples(tracking, results, metric)
+        finished = [r for r in rows if r["status"] != "FAILED"]
+        if not finished:
+            raise KbenchError(f"all {len(rows)} samples failed; see the MLflow runs under {name}")
+        # Samples that ran all their epochs first: a recipe is only as good as its last epoch.
+        best = max(finished, key=lambda r: (r["status"] == "FINISHED", r[f"dev {metric}"]))
+        settings = {k: best[k] for k in SEARCHED}
+        usage = f"kbench run --model {opts.model} --task {opts.task} --profile {cfg.profile} --config {out}"
+        header = (
+            f"# kbench tune --model {opts.model} --task {opts.task} --profile {cfg.profile} --samples {opts.samples}"
+            f" --seed {opts.seed}\n# best of {len(rows)} samples by dev {metric} ({best[f'dev {metric}']:.4g});"
+            f" MLflow run {parent_id}\n# use: {usage}\n"
+        )
+        with atomic_path(out) as path:
+            path.write_text(header + yaml.safe_dump({"tasks": {opts.task: {"finetune": settings}}}, sort_keys=False))
+        client = tracking.client()
+        log_params(client, parent_id, {f"best.{k}": v for k, v in settings.items()})
+        log_metrics(client, parent_id, {f"best/dev_{metric}": best[f"dev {metric}"]})
+        client.log_artifact(parent_id, str(out))
+    rows.sort(key=lambda r: (r["status"] != "FINISHED", -(r[f"dev {metric}"] or -math.inf)))
+    table = tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4g", missingval="–")
+    return f"{table}\n\nbest: {describe(settings)}\nwrote {out}; use: {usage}"
+
+
+def search(
+    cfg: Config,
+    spec: TrialSpec,
+    task: str,
+    metric: str,
+    space: dict[str, Any],
+    samples: int,
+    tracking: Tracking,
+    name: str,
+    ray_address: str | None,
+) -> tune.ResultGrid:
+    """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the dev ``metric``."""
+    with ray_session(cfg, ray_address) as cfg:
+        prepare_features(cfg, [spec], ("train", "dev"), tracking)
+        resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
+        trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)
+        scheduler = ASHAScheduler(time_attr=EPOCH, max_t=max(space["epochs"].categories), reduction_factor=2)
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, resources),
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode="max",
+                num_samples=samples,
+                scheduler=scheduler,
+                search_alg=BasicVariantGenerator(random_state=spec.seed),
+                trial_name_creator=lambda t: describe(t.config),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(cache_dir("tune")), verbose=0, callbacks=[_Lines(metric)]
+            ),
+        )
+        return tuner.fit()
+
+
+def settle_samples(tracking: Tracking, results: tune.ResultGrid, metric: str) -> list[dict[str, Any]]:
+    """One row per sample (FINISHED: all its epochs ran; STOPPED: ASHA stopped it; FAILED). A run left RUNNING by
+    a sample whose process died is marked FAILED."""
+    client = tracking.client()
+    rows = []
+    for result in results:
+        settings = {k: result.config[k] for k in SEARCHED}
+        epoch = int(result.metrics.get(EPOCH, 0) or 0)
+        run_id = result.metrics.get(RUN_ID)
+        status = "FAILED" if result.error else ("FINISHED" if epoch >= settings["epochs"] else "STOPPED")
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        value = result.metrics.get(metric)
+        rows.append({**settings, "stopped at": epoch, "status": status, f"dev {metric}": value})
+    return rows
+
+
+def _space_text(space: dict[str, Any]) -> str:
+    """``lr: log-uniform [1e-05, 0.001]; batch_size: one of [16, 32, 64]; ...``"""
+    parts = []
+    for key, domain in space.items():
+        if isinstance(domain, tune.search.sample.Categorical):
+            parts.append(f"{key}: one of {list(domain.categories)}")
+        else:
+            kind = "log-uniform" if isinstance(domain.get_sampler(), tune.search.sample.LogUniform) else "uniform"
+            parts.append(f"{key}: {kind} [{domain.lower:g}, {domain.upper:g}]")
+    return "; ".join(parts)

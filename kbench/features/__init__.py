@@ -1,0 +1,1 @@
+"""Images to patch features: patch schemes, frozen encoders, sharded stores, their extraction."""

@@ -1,0 +1,1 @@
+"""Results read back from MLflow: like-with-like selection, tables, paired comparisons, plots."""
