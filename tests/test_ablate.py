@@ -25,6 +25,7 @@ def finished_trials(uri: str) -> list:
     return [r for r in runs if r.info.status == "FINISHED"]
 
 
+@pytest.mark.slow
 def test_killed_ablation_resumes_to_one_result_per_variant(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     argv = ["ablate", "agm", "--profile", "smoke", "--tracking-uri", uri, "--experiment", "ablate"]

@@ -29,6 +29,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"code": code, "uri": uri, "root": root}
 
 
+@pytest.mark.slow
 def test_run_logs_every_task_to_mlflow(smoke_run: dict) -> None:
     assert smoke_run["code"] == 0
     client = MlflowClient(tracking_uri=smoke_run["uri"])
@@ -78,6 +79,7 @@ def test_run_logs_every_task_to_mlflow(smoke_run: dict) -> None:
     assert all(len(c) == 101 for c in lists["candidate_rows"])
 
 
+@pytest.mark.slow
 def test_table_is_rebuilt_from_mlflow(smoke_run: dict, capsys: pytest.CaptureFixture) -> None:
     capsys.readouterr()
     out_file = smoke_run["root"] / "table.csv"
@@ -105,6 +107,7 @@ def test_table_is_rebuilt_from_mlflow(smoke_run: dict, capsys: pytest.CaptureFix
     assert lines[4].startswith("Kaleido-BERT (kbench),kbench,1,")
 
 
+@pytest.mark.slow
 def test_every_zoo_entry_runs_every_task_it_can(smoke_run: dict, capsys: pytest.CaptureFixture) -> None:
     client = MlflowClient(tracking_uri=smoke_run["uri"])
     experiment = client.get_experiment_by_name("e2e")
@@ -131,6 +134,7 @@ def test_every_zoo_entry_runs_every_task_it_can(smoke_run: dict, capsys: pytest.
     assert cells[-5:] == ["–"] * 5 and cells[4] != "–"
 
 
+@pytest.mark.slow
 def test_kaleido_logs_its_pretext_tasks_and_measurements(smoke_run: dict) -> None:
     client = MlflowClient(tracking_uri=smoke_run["uri"])
     experiment = client.get_experiment_by_name("e2e")
@@ -147,6 +151,7 @@ def test_kaleido_logs_its_pretext_tasks_and_measurements(smoke_run: dict) -> Non
     assert 0 <= metrics["pretrain/jps_acc"] <= 1 and metrics["pretrain/b2cm_loss"] > 0
 
 
+@pytest.mark.slow
 def test_every_stage_logs_its_peak_memory(smoke_run: dict) -> None:
     """Each trial stage's peak resident set, and the extraction's (Ray tasks, before the trials) on the parent run."""
     client = MlflowClient(tracking_uri=smoke_run["uri"])

@@ -31,6 +31,7 @@ def _average(rank: int, port: int, out: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_curves_are_averaged_over_ranks() -> None:
     out = mp.Manager().dict()
     mp.spawn(_average, args=(_free_port(), out), nprocs=2)
@@ -49,6 +50,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"code": code, "uri": uri, "checkpoints": made}
 
 
+@pytest.mark.slow
 def test_pretraining_runs_on_two_ray_train_workers(ddp_run: dict) -> None:
     assert ddp_run["code"] == 0
     client = MlflowClient(tracking_uri=ddp_run["uri"])

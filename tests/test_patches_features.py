@@ -144,6 +144,7 @@ def test_store_reads_any_rows_of_any_part_in_order(tmp_path: Path) -> None:
     assert not any(p.name.startswith(".shard") for p in (tmp_path / "s").iterdir()), "nothing half-written is left"
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_to_the_uninterrupted_store(
     tiny_fashiongen: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,6 +76,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_smoke_run_logs_through_the_ui_server(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment_id = open_experiment(store, "kbench")

@@ -52,6 +52,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"code": code, "uri": uri, "out": out}
 
 
+@pytest.mark.slow
 def test_tune_logs_one_parent_with_a_child_per_sample(tuned: dict) -> None:
     assert tuned["code"] == 0
     client = MlflowClient(tracking_uri=tuned["uri"])
@@ -77,6 +78,7 @@ def test_tune_logs_one_parent_with_a_child_per_sample(tuned: dict) -> None:
     assert "best.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
 
 
+@pytest.mark.slow
 def test_the_best_recipe_is_a_config_file_kbench_run_reads(tuned: dict) -> None:
     text = tuned["out"].read_text()
     assert text.startswith("# kbench tune --model fashionbert --task cr --profile smoke --samples 4")
@@ -89,6 +91,7 @@ def test_the_best_recipe_is_a_config_file_kbench_run_reads(tuned: dict) -> None:
     assert math.isclose(finetune.lr, recipe["lr"]) and finetune.batch_size == recipe["batch_size"]
 
 
+@pytest.mark.slow
 def test_tune_samples_stay_out_of_the_tables(tuned: dict, capsys: pytest.CaptureFixture) -> None:
     assert main(["table", "--main", "--tracking-uri", tuned["uri"], "--experiment", "tune"]) != 0
     assert "no finished kbench runs to tabulate" in capsys.readouterr().err
