@@ -27,7 +27,7 @@ from transformers import BertConfig, BertModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder
 
-from kbench.models.zoo import VLPreTrainedModel, VLPreTrainingOutput
+from kbench.models.api import VLPreTrainedModel, VLPreTrainingOutput, register_model
 
 
 class ClipConfig(BertConfig):
@@ -109,6 +109,11 @@ class ClipCollator:
         return batch
 
 
+@register_model(
+    "clip",
+    description="CLIP-style dual encoder (not in the paper): BERT text encoder and a transformer over 8x8 patch"
+    " features, symmetric contrastive loss; retrieval by cosine similarity (also the full gallery), no captioning",
+)
 class ClipForPreTraining(VLPreTrainedModel):
     """The dual encoder with its projections, temperature and the match bias used in ITM fine-tuning."""
 

@@ -15,10 +15,15 @@ import torch
 from torch import nn
 from transformers import BertConfig
 
-from kbench.models.losses import adaptive_weights, feature_kl
-from kbench.models.masking import mask_pairs
-from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.models.zoo import VLPreTrainingOutput
+from kbench.models.api import (
+    SingleStreamForPreTraining,
+    SingleStreamModel,
+    VLPreTrainingOutput,
+    adaptive_weights,
+    feature_kl,
+    mask_pairs,
+    register_model,
+)
 
 
 class FashionBertConfig(BertConfig):
@@ -99,6 +104,11 @@ class FashionBertCollator:
         return batch
 
 
+@register_model(
+    "fashionbert",
+    description="FashionBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked patch feature KL,"
+    " weighted by FashionBERT's adaptive loss",
+)
 class FashionBertForPreTraining(SingleStreamForPreTraining):
     """FashionBERT with its MLM, ITM and MPFC heads; ``forward`` returns the pre-training losses."""
 

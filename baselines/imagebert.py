@@ -16,7 +16,6 @@ detector classes become the codebook's ``visual_words`` k-means visual words (``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +23,15 @@ from torch import nn
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from kbench.features.codebook import Codebook, codebook
-from kbench.models.masking import mask_pairs
-from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.models.zoo import VLPreTrainingOutput
-
-if TYPE_CHECKING:
-    from kbench.engine.trial import Trial
+from kbench.models.api import (
+    Codebook,
+    PretrainingContext,
+    SingleStreamForPreTraining,
+    SingleStreamModel,
+    VLPreTrainingOutput,
+    mask_pairs,
+    register_model,
+)
 
 
 class ImageBertConfig(BertConfig):
@@ -114,6 +115,11 @@ class ImageBertCollator:
         return batch
 
 
+@register_model(
+    "imagebert",
+    description="ImageBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked object classification over"
+    " codebook visual words, masked region feature regression (L2)",
+)
 class ImageBertForPreTraining(SingleStreamForPreTraining):
     """ImageBERT with its MLM (tied to the embeddings), ITM, MOC and MRFR heads; ``forward`` returns the summed
     pre-training losses."""
@@ -132,8 +138,8 @@ class ImageBertForPreTraining(SingleStreamForPreTraining):
         self.post_init()
 
     @classmethod
-    def pretraining_collator(cls, config: ImageBertConfig, trial: Trial) -> ImageBertCollator:
-        return cls.collator(config, trial.tokenizer.mask_token_id, codebook(trial, config.visual_words))
+    def pretraining_collator(cls, config: ImageBertConfig, context: PretrainingContext) -> ImageBertCollator:
+        return cls.collator(config, context.tokenizer.mask_token_id, context.codebook(config.visual_words))
 
     def masked_region_losses(
         self, patches: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor

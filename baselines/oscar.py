@@ -22,7 +22,6 @@ evaluation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +32,15 @@ from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from kbench.models.masking import apply_token_mask, choose_tokens
-from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.models.zoo import VLPreTrainingOutput
-
-if TYPE_CHECKING:
-    from kbench.engine.trial import Trial
+from kbench.models.api import (
+    PretrainingContext,
+    SingleStreamForPreTraining,
+    SingleStreamModel,
+    VLPreTrainingOutput,
+    apply_token_mask,
+    choose_tokens,
+    register_model,
+)
 
 MIN_TAG_LENGTH = 3
 # Weight of each pre-training batch in the tagger's running mean logit (it averages about the last 20 batches).
@@ -247,6 +249,11 @@ def other_rows(size: int, generator: torch.Generator) -> torch.Tensor:
     return source
 
 
+@register_model(
+    "oscar",
+    description="OSCAR-style single stream [text | 8 tags | 8x8 patches], tags from an in-model image tagger (for"
+    " detector tags): masked token loss over text and tags, contrastive loss with polluted tags (also ITM), tag BCE",
+)
 class OscarForPreTraining(SingleStreamForPreTraining):
     """OSCAR with the tied MLM head (masked token loss), the 2-way contrastive/ITM head and the image tagger."""
 
@@ -258,9 +265,11 @@ class OscarForPreTraining(SingleStreamForPreTraining):
         self.post_init()
 
     @classmethod
-    def pretraining_collator(cls, config: OscarConfig, trial: Trial) -> OscarCollator:
+    def pretraining_collator(cls, config: OscarConfig, context: PretrainingContext) -> OscarCollator:
         """The collator, with tag targets limited to the tokenizer's content word pieces."""
-        return cls.collator(config, trial.tokenizer.mask_token_id, tag_vocabulary(trial.tokenizer, config.vocab_size))
+        return cls.collator(
+            config, context.tokenizer.mask_token_id, tag_vocabulary(context.tokenizer, config.vocab_size)
+        )
 
     def tagging_loss(
         self, logits: torch.Tensor, tags: torch.Tensor, targets: torch.Tensor, matched: torch.Tensor

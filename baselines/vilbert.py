@@ -19,7 +19,6 @@ ReLU poolers; here both streams have the text's hidden size and BERT's tanh pool
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,14 +37,16 @@ from transformers.models.bert.modeling_bert import (
 )
 from transformers.utils import ModelOutput
 
-from kbench.core.errors import KbenchError
-from kbench.features.codebook import Codebook, codebook
-from kbench.models.masking import mask_pairs
-from kbench.models.single_stream import SingleStreamForPreTraining
-from kbench.models.zoo import VLPreTrainedModel, VLPreTrainingOutput
-
-if TYPE_CHECKING:
-    from kbench.engine.trial import Trial
+from kbench.models.api import (
+    Codebook,
+    KbenchError,
+    PretrainingContext,
+    SingleStreamForPreTraining,
+    VLPreTrainedModel,
+    VLPreTrainingOutput,
+    mask_pairs,
+    register_model,
+)
 
 REGION_ZERO_SHARE = 0.9  # ViLBERT zeroes 90 % of the masked regions' features and leaves 10 % unaltered
 WHOLE_IMAGE = (
@@ -215,6 +216,11 @@ class ViLBertCollator:
         return batch
 
 
+@register_model(
+    "vilbert",
+    description="ViLBERT-style two streams, BERT text | 8x8 patches after a mean-patch [IMG], joined by co-attention;"
+    " joint = pooled [CLS] x [IMG]: MLM, masked region KL to codebook visual words (detector classes), ITM",
+)
 class ViLBertForPreTraining(SingleStreamForPreTraining):
     """ViLBERT with its masked word (tied to the embeddings), masked region and alignment heads; ``forward``
     returns the summed pre-training losses. The text MLM and ITM heads and their losses are the single-stream
@@ -231,8 +237,8 @@ class ViLBertForPreTraining(SingleStreamForPreTraining):
         self.post_init()
 
     @classmethod
-    def pretraining_collator(cls, config: ViLBertConfig, trial: Trial) -> ViLBertCollator:
-        return cls.collator(config, trial.tokenizer.mask_token_id, codebook(trial, config.visual_words))
+    def pretraining_collator(cls, config: ViLBertConfig, context: PretrainingContext) -> ViLBertCollator:
+        return cls.collator(config, context.tokenizer.mask_token_id, context.codebook(config.visual_words))
 
     def mlm_logits(self, where: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
         text = self.vl(**inputs).text_hidden_state

@@ -27,7 +27,7 @@ is replaced by BERT's word-piece masking, as in the other entries.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +38,15 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
-from kbench.features.codebook import Codebook, codebook
-from kbench.models.masking import mask_pairs
-from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.models.zoo import VLPreTrainingOutput
-
-if TYPE_CHECKING:
-    from kbench.engine.trial import Trial
+from kbench.models.api import (
+    Codebook,
+    PretrainingContext,
+    SingleStreamForPreTraining,
+    SingleStreamModel,
+    VLPreTrainingOutput,
+    mask_pairs,
+    register_model,
+)
 
 REGION_ZERO_SHARE = 0.9  # VL-BERT zeroes 90 % of the masked regions' features and leaves 10 % unaltered
 
@@ -179,6 +181,11 @@ class VLBertCollator:
         return batch
 
 
+@register_model(
+    "vlbert",
+    description="VL-BERT-style single stream [text | 8x8 patches] with a whole-image visual embedding on every word:"
+    " MLM with visual clues, masked RoI classification over codebook visual words; ITM head fine-tuned only",
+)
 class VLBertForPreTraining(SingleStreamForPreTraining):
     """VL-BERT with its masked word (tied to the embeddings) and masked RoI classification heads; ``forward``
     returns the summed pre-training losses. The ITM head is trained in fine-tuning only."""
@@ -195,8 +202,8 @@ class VLBertForPreTraining(SingleStreamForPreTraining):
         self.post_init()
 
     @classmethod
-    def pretraining_collator(cls, config: VLBertConfig, trial: Trial) -> VLBertCollator:
-        return cls.collator(config, trial.tokenizer.mask_token_id, codebook(trial, config.visual_words))
+    def pretraining_collator(cls, config: VLBertConfig, context: PretrainingContext) -> VLBertCollator:
+        return cls.collator(config, context.tokenizer.mask_token_id, context.codebook(config.visual_words))
 
     def region_class_loss(self, patches: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy and accuracy of the visual word predicted at the labelled patches only."""

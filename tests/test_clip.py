@@ -140,8 +140,8 @@ def test_full_gallery_scores_equal_pairwise_itm_logits() -> None:
     from kbench.tasks.protocols import FullGallery
 
     full = FullGallery().lists(test.split, "image", 5, 0)
-    scores = task.similarities(trial, model, test, full)
-    pairwise = task.score(trial, model, test, full, "pairwise")
+    scores = task.similarities(trial.context, model, test, full)
+    pairwise = task.score(trial.context, model, test, full, "pairwise")
     np.testing.assert_allclose(scores, pairwise, rtol=1e-4, atol=1e-4)
     assert scores.shape == (5, len(test.split.product_groups())) and len(lists.candidate_rows[0]) <= 101
 
@@ -151,7 +151,7 @@ def test_retrieval_fine_tuning_of_a_dual_encoder_is_contrastive() -> None:
     cfg = load_config("smoke", ["tasks.itr.finetune.epochs=3", "tasks.itr.finetune.lr=1e-3"])
     trial = Trial(TrialSpec("clip", 0), cfg)
     model = build_model("clip", None, **trial.model_kwargs())
-    tuned, curves = build_task("itr", cfg.tasks["itr"]).finetune(trial, model)
+    tuned, curves = build_task("itr", cfg.tasks["itr"]).finetune(trial.context, model)
     assert len(curves) == 3 and curves[-1]["loss"] < curves[0]["loss"]
     assert all(0 <= epoch["acc"] <= 1 for epoch in curves)
     assert tuned.match_bias.item() == 0.0 and tuned is not model

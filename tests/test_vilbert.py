@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel
-from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
+from zoo_inputs import INPUTS, SIZES, context, raw_batch, train_on
 
 from baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining, ViLBertModel
 from kbench.core.config import load_config
@@ -166,13 +165,10 @@ def test_every_loss_decreases_on_a_tiny_batch() -> None:
 
 def test_pretraining_collator_uses_the_trials_codebook() -> None:
     model = tiny_model()
-    asked = []
-    trial = SimpleNamespace(
-        tokenizer=SimpleNamespace(mask_token_id=103), memo=lambda key, build: asked.append(key) or BOOK
-    )
+    trial = context(103, {f"codebook-{WORDS}": BOOK})
     collate = ViLBertForPreTraining.pretraining_collator(model.config, trial)
     assert isinstance(collate, ViLBertCollator) and collate.codebook is BOOK and collate.mask_token_id == 103
-    assert asked == [f"codebook-{WORDS}"]
+    assert set(trial.cache) == {f"codebook-{WORDS}"}
 
 
 def test_save_and_load_round_trip(tmp_path: Path) -> None:

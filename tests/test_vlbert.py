@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import torch
 from transformers import BertModel
-from zoo_inputs import INPUTS, SIZES, raw_batch, train_on
+from zoo_inputs import INPUTS, SIZES, context, raw_batch, train_on
 
 from baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
 from kbench.core.config import load_config
@@ -53,10 +52,9 @@ def test_config_options() -> None:
 
 def test_pretraining_collator_uses_the_trials_codebook() -> None:
     codebook = book()
-    trial = SimpleNamespace(
-        tokenizer=SimpleNamespace(mask_token_id=7), memo=lambda key, make: {f"codebook-{WORDS}": codebook}[key]
+    collator = VLBertForPreTraining.pretraining_collator(
+        tiny_model().config, context(7, {f"codebook-{WORDS}": codebook})
     )
-    collator = VLBertForPreTraining.pretraining_collator(tiny_model().config, trial)
     assert collator.codebook is codebook and collator.mask_token_id == 7
 
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
+
+from kbench.core.config import load_config
+from kbench.features.patch_features import Patching
+from kbench.features.patches import get_scheme
+from kbench.models.context import PretrainingContext
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
@@ -42,3 +49,16 @@ def train_on(
         optimizer.step()
         optimizer.zero_grad()
     return first, {k: v.item() for k, v in model(**batch).losses.items()}
+
+
+def context(mask_token_id: int, cache: dict) -> PretrainingContext:
+    """A trial's context with a stand-in tokenizer and ``cache`` already built (e.g. a codebook)."""
+    return PretrainingContext(
+        config=load_config("smoke"),
+        seed=0,
+        device=torch.device("cpu"),
+        tokenizer=SimpleNamespace(mask_token_id=mask_token_id),
+        patching=Patching(get_scheme("grid-8")),
+        load=lambda split: None,
+        cache=cache,
+    )

@@ -26,8 +26,10 @@ from kbench.data.splits import Split
 from kbench.data.text import TokenizedText, load_tokenizer
 from kbench.features.batches import ModelData, to_device
 from kbench.features.encoders import ENCODERS
-from kbench.features.patch_features import encode_patches, features_from_arrays
+from kbench.features.patch_features import Patching, encode_patches, features_from_arrays
+from kbench.models.context import PretrainingContext
 from kbench.models.kaleido.aag import Alignments
+from kbench.models.kaleido.preparation import ALIGNMENTS
 from kbench.models.training import autocast, resolve_device
 from kbench.models.zoo import MODELS, build_model
 
@@ -46,8 +48,8 @@ def run_bench(cfg: Config, model_name: str, out: Path) -> str:
     seq_len = cfg.data.max_text_len + scheme.num_patches
     with tempfile.TemporaryDirectory(prefix="kbench-bench-") as tmp:
         patching = model_cls.patching(model.config)
-        trial = SyntheticTrial(cfg, scheme.num_patches, encoder.out_dim, Path(tmp), patching.akpm_views)
-        rows.append(pretraining(cfg, model, trial, device))
+        context = synthetic_context(cfg, patching, encoder.out_dim, Path(tmp), device)
+        rows.append(pretraining(cfg, model, context, device))
     rows.append(bare_bert(cfg, seq_len, device))
     rows.append(scoring(cfg, model, device, scheme.num_patches, encoder.out_dim))
     report = {
@@ -86,50 +88,52 @@ def extraction(cfg: Config, scheme, encoder, device: torch.device) -> dict:
     )
 
 
-class SyntheticTrial:
-    """Stands in for a trial when timing a pre-training step: random data of the profile's shapes in a store under
+def synthetic_context(
+    cfg: Config, patching: Patching, dim: int, directory: Path, device: torch.device
+) -> PretrainingContext:
+    """A trial's context for timing a pre-training step: random data of the profile's shapes in a store under
     ``directory``, with the AKPM views when the entry reads them but no AAG alignments (AGM then masks at random, at
     the same budgets and the same cost)."""
-
-    def __init__(self, cfg: Config, patches: int, dim: int, directory: Path, views: bool) -> None:
-        n, text_len = cfg.pretrain.batch_size, cfg.data.max_text_len
-        self.tokenizer = load_tokenizer(cfg.data.tokenizer)
-        batch = _random_batch(n, text_len, patches, dim, torch.device("cpu"))
-        text = TokenizedText(batch["input_ids"], batch["attention_mask"], batch["word_ids"])
-        views = {"rotated": np.random.rand(n, 3, dim), "grey": np.random.rand(n, 16, dim)} if views else {}
-        features = features_from_arrays(
-            directory / "store",
-            batch["patch_features"].numpy(),
-            batch["patch_locations"].numpy(),
-            np.zeros((n, 4), dtype=np.int32),
-            views,
-        )
-        meta = pd.DataFrame({"row": np.arange(n), "product_id": np.arange(n)})
-        self.train = ModelData(Split("train", Path("random"), meta, "random"), text, features)
-        self.alignments = Alignments([[] for _ in range(n)], [])
-
-    def data(self, split: str) -> ModelData:
-        return self.train
-
-    def memo(self, key: str, make: Callable[[], object]) -> object:
-        return self.alignments if key == "aag" else make()
-
-    def batch(self) -> dict[str, torch.Tensor]:
-        """A batch of pairs as pre-training draws them, half of them mismatched."""
-        n = len(self.train)
-        images, texts = np.arange(n), np.arange(n)
-        texts[1::2] -= 1  # every second image is shown its neighbour's text
-        batch = self.train.inputs(images, texts, views=bool(self.train.features.views))
-        batch["itm_labels"] = torch.from_numpy((images == texts).astype(np.int64))
-        batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
-        return batch
+    n, text_len = cfg.pretrain.batch_size, cfg.data.max_text_len
+    batch = _random_batch(n, text_len, patching.scheme.num_patches, dim, torch.device("cpu"))
+    text = TokenizedText(batch["input_ids"], batch["attention_mask"], batch["word_ids"])
+    views = {"rotated": np.random.rand(n, 3, dim), "grey": np.random.rand(n, 16, dim)} if patching.akpm_views else {}
+    features = features_from_arrays(
+        directory / "store",
+        batch["patch_features"].numpy(),
+        batch["patch_locations"].numpy(),
+        np.zeros((n, 4), dtype=np.int32),
+        views,
+    )
+    meta = pd.DataFrame({"row": np.arange(n), "product_id": np.arange(n)})
+    train = ModelData(Split("train", Path("random"), meta, "random"), text, features)
+    return PretrainingContext(
+        config=cfg,
+        seed=0,
+        device=device,
+        tokenizer=load_tokenizer(cfg.data.tokenizer),
+        patching=patching,
+        load=lambda split: train,
+        cache={ALIGNMENTS: Alignments([[] for _ in range(n)], [])},
+    )
 
 
-def pretraining(cfg: Config, model, trial: SyntheticTrial, device: torch.device) -> dict:
+def pair_batch(train: ModelData) -> dict[str, torch.Tensor]:
+    """A batch of all of ``train``'s pairs as pre-training draws them, half of them mismatched."""
+    n = len(train)
+    images, texts = np.arange(n), np.arange(n)
+    texts[1::2] -= 1  # every second image is shown its neighbour's text
+    batch = train.inputs(images, texts, views=bool(train.features.views))
+    batch["itm_labels"] = torch.from_numpy((images == texts).astype(np.int64))
+    batch["image_positions"], batch["text_positions"] = torch.from_numpy(images), torch.from_numpy(texts)
+    return batch
+
+
+def pretraining(cfg: Config, model, context: PretrainingContext, device: torch.device) -> dict:
     """One optimisation step of the entry's own objectives, its collator included."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    collate = type(model).pretraining_collator(model.config, trial)
-    batch = trial.batch()
+    collate = type(model).pretraining_collator(model.config, context)
+    batch = pair_batch(context.data("train"))
     generator = torch.Generator().manual_seed(0)
     model.train()
 

@@ -23,13 +23,20 @@ class Registry(Generic[T]):
     """Maps names to objects of one kind; registration by decorator or by a lazy ``"module:attr"`` string.
 
     Registered objects must be subclasses (or instances) of ``base``; duplicate names are refused and
-    unknown names are answered with the closest known ones.
+    unknown names are answered with the closest known ones. ``discover``, when given, runs once before the first
+    lookup: it imports the modules whose decorators register the built-in entries and any plug-ins.
     """
 
-    def __init__(self, kind: str, base: type | None = None) -> None:
+    def __init__(self, kind: str, base: type | None = None, discover: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self.base = base
         self._entries: dict[str, _Entry] = {}
+        self._discover = discover
+
+    def _discovered(self) -> None:
+        if self._discover is not None:
+            discover, self._discover = self._discover, None
+            discover()
 
     def register(self, name: str, target: object | None = None, *, description: str = "") -> Callable:
         """Register ``target`` under ``name``; used bare as a decorator when ``target`` is omitted."""
@@ -51,6 +58,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The object registered as ``name``, importing it first if it was registered lazily."""
+        self._discovered()
         if name not in self._entries:
             raise KbenchError(self.unknown_message(name))
         entry = self._entries[name]
@@ -72,9 +80,11 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} {name!r}{hint}"
 
     def names(self) -> list[str]:
+        self._discovered()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._discovered()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

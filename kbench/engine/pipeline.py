@@ -53,7 +53,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         with measured("features"):
             trial.data("train"), trial.data("test")
         with measured("prepare"):
-            run.log_metrics(trial.model_cls.prepare(trial))
+            run.log_metrics(trial.model_cls.prepare(trial.context))
         with measured("pretrain"):
             model, history = pretrained_model(trial)
         for epoch, values in enumerate(history, 1):
@@ -66,7 +66,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
             task = build_task(name, cfg.tasks.get(name, {}))
             seed_everything(spec.seed)  # a task's result must not depend on what ran before it (a cached checkpoint)
             with measured(name):
-                result = task.run(trial, model)
+                result = task.run(trial.context, model)
             metrics |= {f"{name}/{k}": v for k, v in result.metrics.items()}
             run.log_metrics({f"{name}/{k}": v for k, v in result.metrics.items()})
             for epoch, values in enumerate(result.curves, 1):

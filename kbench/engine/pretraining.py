@@ -32,9 +32,10 @@ from kbench.data.loader import (
 )
 from kbench.engine.trial import Trial, seed_everything
 from kbench.features.batches import ModelData, NegativeSampler
+from kbench.models.base import Collator, VLPreTrainedModel
 from kbench.models.train_state import TrainState
 from kbench.models.training import fit
-from kbench.models.zoo import Collator, VLPreTrainedModel, build_model
+from kbench.models.zoo import build_model
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def pretrain(trial: Trial, state: TrainState | None = None) -> tuple[VLPreTraine
     init = trial.cfg.model.init_from
     model = build_model(trial.spec.model, init, init_mlm_head=cfg.init_mlm_head, **trial.model_kwargs())
     model = model.to(trial.device)
-    collate = trial.model_cls.pretraining_collator(model.config, trial)
+    collate = trial.model_cls.pretraining_collator(model.config, trial.context)
     steps_per_epoch = epoch_steps(cfg, len(data))
     make_batch = pretraining_batches(data, collate, cfg, seed, rank, world, trial.model_cls.pretrains_on_mismatches)
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +19,9 @@ from kbench.data.text import load_tokenizer, tokenize
 from kbench.features.batches import ModelData
 from kbench.features.extraction import Job, load_features
 from kbench.features.patch_features import Patching
+from kbench.models.context import TaskContext
 from kbench.models.training import resolve_device
 from kbench.models.zoo import MODELS, option_defaults
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,7 +97,6 @@ class Trial:
         self.device = resolve_device(self.cfg.runtime.device)
         self.model_cls = MODELS.get(spec.model)
         self._data: dict[str, ModelData] = {}
-        self._memo: dict[str, Any] = {}
 
     @cached_property
     def dataset(self) -> DatasetSplits:
@@ -151,9 +148,16 @@ class Trial:
         """The feature stores ``splits`` of this trial read, as extraction jobs."""
         return [(getattr(self.dataset, split), self.patching.for_split(split)) for split in splits]
 
-    def memo(self, key: str, make: Callable[[], T]) -> T:
-        """What ``make`` builds, made once per trial: ITR and TIR share one ITM fine-tuning, pre-training and
-        its diagnostics share one set of alignments."""
-        if key not in self._memo:
-            self._memo[key] = make()
-        return self._memo[key]
+    @cached_property
+    def context(self) -> TaskContext:
+        """The trial as its model's hooks and its tasks see it; one cache, so that ITR and TIR share one ITM
+        fine-tuning and pre-training and its diagnostics one set of alignments."""
+        return TaskContext(
+            config=self.cfg,
+            seed=self.spec.seed,
+            device=self.device,
+            tokenizer=self.tokenizer,
+            patching=self.patching,
+            load=self.data,
+            dataset=self.dataset,
+        )

@@ -83,7 +83,7 @@ def _sample(config: dict[str, Any], spec: TrialSpec, base: Config, task: str, tr
 
         seed_everything(spec.seed)  # every sample starts fine-tuning from the same state, cached checkpoint or not
         try:
-            build_task(task, trial.cfg.tasks.get(task, {})).run(trial, model, split="dev", on_epoch=on_epoch)
+            build_task(task, trial.cfg.tasks.get(task, {})).run(trial.context, model, split="dev", on_epoch=on_epoch)
         except SystemExit:  # how Tune ends a sample at the report where ASHA stops it (or it reached max_t)
             if reported < settings["epochs"]:
                 run.set_tags({"stopped_at": reported})

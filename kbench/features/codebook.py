@@ -16,7 +16,7 @@ from sklearn.cluster import MiniBatchKMeans
 
 from kbench.core.config import digest
 from kbench.core.paths import atomic_path, cache_dir
-from kbench.engine.trial import Trial
+from kbench.features.patch_features import PatchFeatures
 
 CODEBOOK_VERSION = 1
 MAX_FIT_PATCHES = 200_000  # a seeded sample of the training patches is enough for the centroids
@@ -57,23 +57,19 @@ def fit_codebook(features: np.ndarray, size: int, seed: int = 0) -> Codebook:
     return Codebook(torch.from_numpy(kmeans.cluster_centers_.astype(np.float32)), spread)
 
 
-def codebook(trial: Trial, size: int) -> Codebook:
-    """The trial's codebook of ``size`` visual words, fitted on its training patches or read from the cache."""
-    return trial.memo(f"codebook-{size}", lambda: _cached_codebook(trial, size))
-
-
-def _cached_codebook(trial: Trial, size: int) -> Codebook:
-    train = trial.data("train").features
-    key = digest(CODEBOOK_VERSION, train.name, size, trial.spec.seed)  # the store's name hashes its rows
+def codebook(train: PatchFeatures, size: int, seed: int) -> Codebook:
+    """A codebook of ``size`` visual words fitted on a seeded sample of the training patches, or read from the
+    cache (keyed by the store's name, which hashes its rows)."""
+    key = digest(CODEBOOK_VERSION, train.name, size, seed)
     path = cache_dir("codebooks") / f"{key}.npz"
     if path.exists():
         with np.load(path) as stored:
             return Codebook(torch.from_numpy(stored["centroids"]), float(stored["spread"]))
-    rng = np.random.default_rng(trial.spec.seed)
+    rng = np.random.default_rng(seed)
     take = min(len(train), max(1, MAX_FIT_PATCHES // train.num_patches))
     positions = np.sort(rng.choice(len(train), size=take, replace=False))
     sample = train.batch(positions)[0].numpy()
-    book = fit_codebook(sample.reshape(-1, sample.shape[-1]), size, trial.spec.seed)
+    book = fit_codebook(sample.reshape(-1, sample.shape[-1]), size, seed)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, centroids=book.centroids.numpy(), spread=book.spread)
     return book

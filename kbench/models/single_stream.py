@@ -16,7 +16,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertEncoder, BertOnlyMLMHead, BertPooler
 
-from kbench.models.zoo import VLPreTrainedModel
+from kbench.models.base import VLPreTrainedModel
 
 
 class SingleStreamModel(VLPreTrainedModel):

@@ -1,174 +1,51 @@
-"""The model zoo: the registry of pre-training models and the interface every entry offers the tasks.
+"""The model zoo: the registry of pre-training models, and building an entry from scratch or from BERT.
 
-An entry is a transformers ``PreTrainedModel`` (config class, bare model, heads) whose ``forward`` computes
-its own pre-training losses from the batch its ``collator`` builds. The downstream tasks only use the
-methods declared on ``VLPreTrainedModel``, so every entry runs the same tasks, protocols and metrics.
+Entries register themselves with ``@register_model`` in their own file. The registry imports kbench's own
+entries (``kbench.models.kaleido`` and every module of ``baselines``) the first time it is read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib
 import inspect
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+import pkgutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, TypeVar
 
 import torch
-from torch import nn
-from transformers import BertConfig, BertForPreTraining, BertModel, PreTrainedConfig, PreTrainedModel
-from transformers import initialization as init
-from transformers.models.bert.modeling_bert import BertEmbeddings, BertLMPredictionHead, BertOnlyMLMHead
-from transformers.utils import ModelOutput
+from transformers import BertConfig, BertForPreTraining
+from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertOnlyMLMHead
 from transformers.utils import logging as hf_logging
 
 from kbench.core.errors import KbenchError
 from kbench.core.registry import Registry
-from kbench.features.patch_features import Patching
-from kbench.features.patches import get_scheme
-
-if TYPE_CHECKING:
-    from kbench.engine.trial import Trial
+from kbench.models.base import VLPreTrainedModel
 
 log = logging.getLogger(__name__)
 
 
-class Collator(Protocol):
-    """Adds an entry's corruptions and targets to a batch of pairs (``itm_labels``, ``image_positions`` and
-    ``text_positions`` included), drawing randomness from ``generator``."""
-
-    def __call__(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+BUILTIN_MODULES = ("kbench.models.kaleido.model",)  # and every module of the baselines package
+M = TypeVar("M", bound=type[VLPreTrainedModel])
 
 
-@dataclass
-class VLPreTrainingOutput(ModelOutput):
-    """Pre-training output: the summed ``loss`` and, for logging, each objective's loss and accuracy."""
+def discover_models() -> None:
+    """Import kbench's own entries, so that their ``@register_model`` runs."""
+    import baselines
 
-    loss: torch.Tensor | None = None
-    losses: dict[str, torch.Tensor] | None = None
-    accuracies: dict[str, torch.Tensor] | None = None
-
-
-class VLPreTrainedModel(PreTrainedModel):
-    """Base of zoo entries: BERT-style initialisation plus the task-facing methods.
-
-    Inputs are always ``input_ids``/``attention_mask`` (B, T) for the text and ``patch_features`` (B, K, D)
-    with ``patch_locations`` (B, K, 5) for the image.
-    """
-
-    base_model_prefix = "vl"
-    supports_gradient_checkpointing = False
-    _supports_sdpa = True
-    _supports_attention_backend = True
-    collator: ClassVar[type]  # builds pre-training batches for this entry
-    generates_text: ClassVar[bool] = True  # has mlm_logits, so it can caption; a dual encoder cannot
-    # Scores pairs by embedding similarity (embed_images, embed_texts); its forward on matched pairs (itm_labels all 1)
-    # is its contrastive objective, which retrieval fine-tuning then uses instead of binary ITM.
-    dual_encoder: ClassVar[bool] = False
-    # Pre-trains on mismatched pairs too (ITM negatives at pretrain.itm_negative_rate); an entry whose pre-training
-    # has no matching objective (VL-BERT, CLIP) sees matched pairs only, so no pair is drawn just to go unscored.
-    pretrains_on_mismatches: ClassVar[bool] = True
-
-    def _init_weights(self, module: nn.Module) -> None:
-        """BERT's initialisation, including the buffers ``from_pretrained`` leaves to it."""
-        super()._init_weights(module)
-        if isinstance(module, BertLMPredictionHead):
-            init.zeros_(module.bias)
-        elif isinstance(module, BertEmbeddings):
-            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
-            init.zeros_(module.token_type_ids)
-
-    @classmethod
-    def patching(cls, config: PreTrainedConfig) -> Patching:
-        """How images become this entry's patches; by default its ``patch_scheme`` over the whole image."""
-        return Patching(get_scheme(config.patch_scheme))
-
-    @classmethod
-    def prepare(cls, trial: Trial) -> dict[str, float]:
-        """Build what pre-training needs beyond features (e.g. alignments) and return measurements of it."""
-        return {}
-
-    @classmethod
-    def pretraining_collator(cls, config: PreTrainedConfig, trial: Trial) -> Collator:
-        """The callable that turns a batch of image-text pairs into this entry's pre-training batch."""
-        return cls.collator(config, trial.tokenizer.mask_token_id)
-
-    def pooled_output(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """(B, H) joint representation ([CLS] after the pooler), fed to classification heads."""
-        raise NotImplementedError
-
-    def itm_logits(self, **inputs: torch.Tensor) -> torch.Tensor:
-        """(B, 2) image-text matching logits; class 1 means "match"."""
-        raise NotImplementedError
-
-    def mlm_logits(self, where: torch.Tensor | None = None, **inputs: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits at the text positions ``where`` (B, T) bool selects, (N, V); all of them, (B, T, V),
-        when ``where`` is None. Used for captioning by mask-predict."""
-        raise NotImplementedError
-
-    def embed_images(self, patch_features: torch.Tensor, patch_locations: torch.Tensor) -> torch.Tensor:
-        """(B, E) unit-norm image embeddings; dual encoders only."""
-        raise NotImplementedError
-
-    def embed_texts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, E) unit-norm text embeddings; dual encoders only."""
-        raise NotImplementedError
-
-    def embedding_scores(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Class-1 ITM logits of image and text embeddings paired along their broadcast leading dimensions (..., E)
-        -> (...); dual encoders only."""
-        raise NotImplementedError
-
-    def load_bert_weights(self, bert: BertModel) -> None:
-        """Copy a BERT checkpoint's text embeddings, encoder and pooler into this model."""
-        raise NotImplementedError
+    for module in (*BUILTIN_MODULES, *(f"baselines.{m.name}" for m in pkgutil.iter_modules(baselines.__path__))):
+        importlib.import_module(module)
 
 
-MODELS: Registry[type[VLPreTrainedModel]] = Registry("model", base=VLPreTrainedModel)
-MODELS.register(
-    "fashionbert",
-    "baselines.fashionbert:FashionBertForPreTraining",
-    description="FashionBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked patch feature KL,"
-    " weighted by FashionBERT's adaptive loss",
-)
-MODELS.register(
-    "kaleido",
-    "kbench.models.kaleido.model:KaleidoBertForPreTraining",
-    description="Kaleido-BERT: single stream [text | 55 kaleido patches of the saliency-locked garment];"
-    " AMLM with alignment-guided masking, ITM, AKPM (rotation, jigsaw, camouflage, grey/blank-to-colour KL)",
-)
-MODELS.register(
-    "vlbert",
-    "baselines.vlbert:VLBertForPreTraining",
-    description="VL-BERT-style single stream [text | 8x8 patches] with a whole-image visual embedding on every word:"
-    " MLM with visual clues, masked RoI classification over codebook visual words; ITM head fine-tuned only",
-)
-MODELS.register(
-    "imagebert",
-    "baselines.imagebert:ImageBertForPreTraining",
-    description="ImageBERT-style single stream [text | 8x8 patches]: MLM, ITM, masked object classification over"
-    " codebook visual words, masked region feature regression (L2)",
-)
-MODELS.register(
-    "vilbert",
-    "baselines.vilbert:ViLBertForPreTraining",
-    description="ViLBERT-style two streams, BERT text | 8x8 patches after a mean-patch [IMG], joined by co-attention;"
-    " joint = pooled [CLS] x [IMG]: MLM, masked region KL to codebook visual words (detector classes), ITM",
-)
-MODELS.register(
-    "oscar",
-    "baselines.oscar:OscarForPreTraining",
-    description="OSCAR-style single stream [text | 8 tags | 8x8 patches], tags from an in-model image tagger (for"
-    " detector tags): masked token loss over text and tags, contrastive loss with polluted tags (also ITM), tag BCE",
-)
-MODELS.register(
-    "clip",
-    "baselines.clip:ClipForPreTraining",
-    description="CLIP-style dual encoder (not in the paper): BERT text encoder and a transformer over 8x8 patch"
-    " features, symmetric contrastive loss; retrieval by cosine similarity (also the full gallery), no captioning",
-)
+MODELS: Registry[type[VLPreTrainedModel]] = Registry("model", base=VLPreTrainedModel, discover=discover_models)
+
+
+def register_model(name: str, *, description: str = "") -> Callable[[M], M]:
+    """Class decorator registering a zoo entry under ``name``, written above the entry in its own file."""
+    return MODELS.register(name, description=description)
 
 
 ARCHITECTURE_KEYS = (

@@ -14,10 +14,10 @@ from torch import nn
 
 from kbench.core.config import OptimConfig
 from kbench.data.loader import FINETUNE_DRAWS, FINETUNE_ORDER, epoch_order, prefetch, step_rng
-from kbench.engine.trial import Trial
 from kbench.features.batches import to_device
+from kbench.models.base import VLPreTrainedModel
+from kbench.models.context import TaskContext
 from kbench.models.training import StepFn, fit
-from kbench.models.zoo import VLPreTrainedModel
 from kbench.tasks.card import TaskCard
 
 # Receives the epoch (1-based) and the evaluation split's metrics after that fine-tuning epoch.
@@ -51,14 +51,18 @@ class Task(ABC):
 
     @abstractmethod
     def run(
-        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+        self,
+        context: TaskContext,
+        pretrained: VLPreTrainedModel,
+        split: str = "test",
+        on_epoch: EpochHook | None = None,
     ) -> TaskResult:
         """Fine-tune (a copy of) ``pretrained`` as the card says and evaluate it on ``split``; with ``on_epoch``,
         also evaluate after every fine-tuning epoch and pass the metrics to it."""
 
     def train(
         self,
-        trial: Trial,
+        context: TaskContext,
         module: nn.Module,
         make_batch: Callable[[np.ndarray, np.random.Generator], dict[str, torch.Tensor]],
         step: StepFn,
@@ -71,8 +75,8 @@ class Task(ABC):
         ``make_batch(positions, rng)`` builds a batch on the CPU, drawing from a generator of its step alone. With
         ``on_epoch``, ``evaluate()`` runs after every epoch and its metrics go to ``on_epoch``."""
         recipe = recipe or self.recipe
-        n = len(trial.data("train"))
-        seed, size = trial.spec.seed, recipe.batch_size
+        n = len(context.data("train"))
+        seed, size = context.seed, recipe.batch_size
         steps_per_epoch = max(1, n // size)
 
         def batch(step: int) -> dict[str, torch.Tensor]:
@@ -80,14 +84,14 @@ class Task(ABC):
             positions = epoch_order(seed, FINETUNE_ORDER, epoch, n)[i * size : (i + 1) * size].copy()
             return make_batch(positions, step_rng(seed, FINETUNE_DRAWS, step))
 
-        runtime = trial.cfg.runtime
+        runtime = context.config.runtime
         return fit(
             module,
             batch,
             steps_per_epoch,
             recipe,
             step,
-            trial.device,
+            context.device,
             runtime.precision,
             description or self.name,
             (lambda epoch: on_epoch(epoch, evaluate())) if on_epoch and evaluate else None,
@@ -96,9 +100,9 @@ class Task(ABC):
 
 
 def eval_batches(
-    trial: Trial, make_batch: Callable[[int], dict[str, torch.Tensor]], count: int
+    context: TaskContext, make_batch: Callable[[int], dict[str, torch.Tensor]], count: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     """``make_batch(0) .. make_batch(count - 1)``, built ahead by the trial's loader workers, on its device."""
-    pin = trial.device.type == "cuda"
-    for batch in prefetch(make_batch, range(count), trial.cfg.runtime.loader_workers, pin):
-        yield to_device(batch, trial.device)
+    pin = context.device.type == "cuda"
+    for batch in prefetch(make_batch, range(count), context.config.runtime.loader_workers, pin):
+        yield to_device(batch, context.device)

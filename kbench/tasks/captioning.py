@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from kbench.core.progress import stage
-from kbench.engine.trial import Trial
 from kbench.features.batches import ModelData, model_inputs
 from kbench.metrics import caption_scores
 from kbench.metrics.captioning import caption_scores_per_item
-from kbench.models.zoo import VLPreTrainedModel
+from kbench.models.base import VLPreTrainedModel
+from kbench.models.context import TaskContext
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.tasks.samples import captioning_record
 
@@ -41,11 +41,15 @@ class CaptioningTask(Task):
     options_cls = CaptioningOptions
 
     def run(
-        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+        self,
+        context: TaskContext,
+        pretrained: VLPreTrainedModel,
+        split: str = "test",
+        on_epoch: EpochHook | None = None,
     ) -> TaskResult:
         model = copy.deepcopy(pretrained)
-        train, test = trial.data("train"), trial.data(split)
-        mask_id = trial.tokenizer.mask_token_id
+        train, test = context.data("train"), context.data(split)
+        mask_id = context.tokenizer.mask_token_id
 
         def make_batch(positions: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
             batch = model_inputs(train.inputs(positions, positions))
@@ -73,11 +77,11 @@ class CaptioningTask(Task):
         references = {k: [d] for k, d in zip(keys, meta["description"], strict=False)}
 
         def evaluate() -> dict[str, float]:
-            captions = self.generate(trial, model, test, positions)
+            captions = self.generate(context, model, test, positions)
             return caption_scores(references, dict(zip(keys, captions, strict=False)))
 
-        curves = self.train(trial, model, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
-        captions = self.generate(trial, model, test, positions)
+        curves = self.train(context, model, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
+        captions = self.generate(context, model, test, positions)
         scores, per_item = caption_scores_per_item(references, dict(zip(keys, captions, strict=False)))
         samples = [
             captioning_record(int(k), p, c, references[k], per_item[k])
@@ -98,12 +102,14 @@ class CaptioningTask(Task):
         return firsts
 
     @torch.inference_mode()
-    def generate(self, trial: Trial, model: VLPreTrainedModel, test: ModelData, positions: np.ndarray) -> list[str]:
+    def generate(
+        self, context: TaskContext, model: VLPreTrainedModel, test: ModelData, positions: np.ndarray
+    ) -> list[str]:
         """Mask-predict decoding: all positions after [CLS] masked, predicted, then refined ``rounds - 1`` times."""
-        tok = trial.tokenizer
-        length = trial.cfg.data.max_text_len
+        tok = context.tokenizer
+        length = context.config.data.max_text_len
         rounds = max(1, self.options.rounds)
-        size = trial.cfg.runtime.eval_batch_size
+        size = context.config.runtime.eval_batch_size
         model.eval()
         captions: list[str] = []
 
@@ -112,12 +118,12 @@ class CaptioningTask(Task):
             return model_inputs(test.inputs(part, part))
 
         with stage(f"{self.name} generate", len(positions)) as advance:
-            for batch in eval_batches(trial, make_batch, -(-len(positions) // size)):
+            for batch in eval_batches(context, make_batch, -(-len(positions) // size)):
                 n = len(batch["input_ids"])
-                ids = torch.full((n, length), tok.mask_token_id, device=trial.device)
+                ids = torch.full((n, length), tok.mask_token_id, device=context.device)
                 ids[:, 0] = tok.cls_token_id
                 batch["attention_mask"] = torch.ones_like(ids)
-                confidence = torch.zeros(ids.shape, device=trial.device)
+                confidence = torch.zeros(ids.shape, device=context.device)
                 for r in range(rounds):
                     masked = ids == tok.mask_token_id
                     probs = model.mlm_logits(**{**batch, "input_ids": ids}).float().softmax(-1)

@@ -13,10 +13,10 @@ from torch import nn
 
 from kbench.core.errors import KbenchError
 from kbench.core.progress import stage
-from kbench.engine.trial import Trial
 from kbench.features.batches import ModelData, model_inputs
 from kbench.metrics import classification_scores
-from kbench.models.zoo import VLPreTrainedModel
+from kbench.models.base import VLPreTrainedModel
+from kbench.models.context import TaskContext
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.tasks.samples import UNSEEN, classification_record
 
@@ -58,13 +58,17 @@ class ClassificationTask(Task):
             raise KbenchError(f"tasks.{self.name}.label must be one of {', '.join(LABEL_FIELDS)}")
 
     def run(
-        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+        self,
+        context: TaskContext,
+        pretrained: VLPreTrainedModel,
+        split: str = "test",
+        on_epoch: EpochHook | None = None,
     ) -> TaskResult:
-        labels = trial.dataset.categories if self.options.label == "category" else trial.dataset.subcategories
+        labels = context.dataset.categories if self.options.label == "category" else context.dataset.subcategories
         code = {name: i for i, name in enumerate(labels)}
-        train, test = trial.data("train"), trial.data(split)
+        train, test = context.data("train"), context.data(split)
         y_train = torch.from_numpy(self.codes(train, code))
-        classifier = Classifier(copy.deepcopy(pretrained), len(labels)).to(trial.device)
+        classifier = Classifier(copy.deepcopy(pretrained), len(labels)).to(context.device)
 
         def make_batch(positions: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
             batch = model_inputs(train.inputs(positions, positions))
@@ -81,10 +85,10 @@ class ClassificationTask(Task):
         self.warn_unseen(test, code)
 
         def evaluate() -> dict[str, float]:
-            return classification_scores(y_true, self.predict(trial, classifier, test), label_codes, UNSEEN)
+            return classification_scores(y_true, self.predict(context, classifier, test), label_codes, UNSEEN)
 
-        curves = self.train(trial, classifier, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
-        y_pred = self.predict(trial, classifier, test)
+        curves = self.train(context, classifier, make_batch, step, on_epoch=on_epoch, evaluate=evaluate)
+        y_pred = self.predict(context, classifier, test)
         scores = classification_scores(y_true, y_pred, label_codes, UNSEEN)
         unseen = int((y_true == UNSEEN).sum())
         names = [*labels, "(unseen in training)"] if unseen else labels  # code -1 indexes the last name
@@ -124,9 +128,9 @@ class ClassificationTask(Task):
         return np.asarray([code.get(v, UNSEEN) for v in data.split.meta[self.options.label]], dtype=np.int64)
 
     @torch.inference_mode()
-    def predict(self, trial: Trial, classifier: Classifier, test: ModelData) -> np.ndarray:
+    def predict(self, context: TaskContext, classifier: Classifier, test: ModelData) -> np.ndarray:
         classifier.eval()
-        size = trial.cfg.runtime.eval_batch_size
+        size = context.config.runtime.eval_batch_size
         out = []
 
         def make_batch(i: int) -> dict[str, torch.Tensor]:
@@ -134,7 +138,7 @@ class ClassificationTask(Task):
             return model_inputs(test.inputs(positions, positions))
 
         with stage(f"{self.name} predict", len(test)) as advance:
-            for batch in eval_batches(trial, make_batch, -(-len(test) // size)):
+            for batch in eval_batches(context, make_batch, -(-len(test) // size)):
                 out.append(classifier(**batch).argmax(-1).cpu().numpy())
                 advance(len(out[-1]))
         return np.concatenate(out)

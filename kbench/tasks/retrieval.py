@@ -12,10 +12,10 @@ import torch
 from kbench.core.config import digest
 from kbench.core.errors import KbenchError
 from kbench.core.progress import stage
-from kbench.engine.trial import Trial
 from kbench.features.batches import ModelData, NegativeSampler, model_inputs
 from kbench.metrics.retrieval import TIES, ranks_and_ties, recall_at_k
-from kbench.models.zoo import VLPreTrainedModel
+from kbench.models.base import VLPreTrainedModel
+from kbench.models.context import TaskContext
 from kbench.tasks.base import EpochHook, Task, TaskResult, eval_batches
 from kbench.tasks.protocols import IMAGE_QUERY, PROTOCOLS, TEXT_QUERY, CandidateLists, FullGallery
 from kbench.tasks.samples import FULL_RANK_FIELD, list_id, retrieval_record
@@ -54,28 +54,32 @@ class RetrievalTask(Task):
         self.protocol = PROTOCOLS.get(self.options.protocol)()
 
     def run(
-        self, trial: Trial, pretrained: VLPreTrainedModel, split: str = "test", on_epoch: EpochHook | None = None
+        self,
+        context: TaskContext,
+        pretrained: VLPreTrainedModel,
+        split: str = "test",
+        on_epoch: EpochHook | None = None,
     ) -> TaskResult:
-        test = trial.data(split)
+        test = context.data(split)
         lists = self.protocol.lists(test.split, self.options.query, self.options.queries, self.options.protocol_seed)
         metrics, pretrained_ranks = {}, None
         if self.options.score_pretrained:
-            scores = self.score(trial, pretrained, test, lists, f"{self.name} score (pre-trained)")
+            scores = self.score(context, pretrained, test, lists, f"{self.name} score (pre-trained)")
             pretrained_ranks = self.ranks(scores, lists)
             metrics |= {f"pretrained_{k}": v for k, v in self.recall(pretrained_ranks).items()}
         if on_epoch:
-            model, curves = self.finetune(trial, pretrained, on_epoch, test, lists)
+            model, curves = self.finetune(context, pretrained, on_epoch, test, lists)
         else:  # ITR and TIR of one trial share the fine-tuned model when their recipes agree
             recipe_key = digest(dataclasses.asdict(self.recipe), self.options.negatives, self.options.negative_rate)
-            model, curves = trial.memo(f"itm-{recipe_key}", lambda: self.finetune(trial, pretrained))
-        scores = self.score(trial, model, test, lists, f"{self.name} score")
+            model, curves = context.cached(f"itm-{recipe_key}", lambda: self.finetune(context, pretrained))
+        scores = self.score(context, model, test, lists, f"{self.name} score")
         ranks = self.ranks(scores, lists)
         metrics |= self.recall(ranks)
         samples = self.samples(lists, scores, ranks, pretrained_ranks)
         artifacts = {f"candidates_{self.name}.json": lists.to_json()}
         if model.dual_encoder:  # the whole gallery is cheap from embeddings
             full = FULL_GALLERY.lists(test.split, self.options.query, self.options.queries, self.options.protocol_seed)
-            full_ranks = self.ranks(self.similarities(trial, model, test, full), full)
+            full_ranks = self.ranks(self.similarities(context, model, test, full), full)
             metrics |= {f"full_{k}": v for k, v in self.recall(full_ranks).items()}
             artifacts[f"candidates_{self.name}_full.json"] = full.to_json()
             rank_of = dict(zip(full.query_rows, full_ranks[0].tolist(), strict=True))
@@ -112,7 +116,7 @@ class RetrievalTask(Task):
 
     def finetune(
         self,
-        trial: Trial,
+        context: TaskContext,
         pretrained: VLPreTrainedModel,
         on_epoch: EpochHook | None = None,
         data: ModelData | None = None,
@@ -122,7 +126,7 @@ class RetrievalTask(Task):
         dual encoder, its contrastive pre-training objective on matched pairs; with ``on_epoch``, ranking ``lists`` of
         ``data`` after every epoch."""
         model = copy.deepcopy(pretrained)
-        train = trial.data("train")
+        train = context.data("train")
         meta = train.split.meta
         groups = meta["subcategory"].astype("category").cat.codes.to_numpy()
         sampler = NegativeSampler(
@@ -151,19 +155,19 @@ class RetrievalTask(Task):
             return out.loss, {"loss": out.loss, "acc": next(iter(out.accuracies.values()))}
 
         def evaluate() -> dict[str, float]:
-            return self.rank(self.score(trial, model, data, lists, f"{self.name} score"), lists)
+            return self.rank(self.score(context, model, data, lists, f"{self.name} score"), lists)
 
         if model.dual_encoder:  # its own contrastive objective over in-batch pairs: binary ITM distorts the embeddings
             description = "fine-tune contrastive (ITR, TIR)"
             return model, self.train(
-                trial, model, matched_batch, contrastive_step, None, description, on_epoch, evaluate
+                context, model, matched_batch, contrastive_step, None, description, on_epoch, evaluate
             )
         description = "fine-tune ITM (ITR, TIR)"
-        return model, self.train(trial, model, make_batch, step, None, description, on_epoch, evaluate)
+        return model, self.train(context, model, make_batch, step, None, description, on_epoch, evaluate)
 
     @torch.inference_mode()
     def score(
-        self, trial: Trial, model: VLPreTrainedModel, test: ModelData, lists: CandidateLists, description: str
+        self, context: TaskContext, model: VLPreTrainedModel, test: ModelData, lists: CandidateLists, description: str
     ) -> np.ndarray:
         """(queries, candidates) raw class-1 ITM logits, the score the released evaluation ranked by."""
         query, candidates = list_positions(test, lists)
@@ -174,7 +178,7 @@ class RetrievalTask(Task):
             (queries_flat, candidates_flat) if self.options.query == IMAGE_QUERY else (candidates_flat, queries_flat)
         )
         out = np.empty(len(images), dtype=np.float32)
-        size = trial.cfg.runtime.eval_batch_size
+        size = context.config.runtime.eval_batch_size
         model.eval()
 
         def make_batch(i: int) -> dict[str, torch.Tensor]:
@@ -182,7 +186,7 @@ class RetrievalTask(Task):
             return model_inputs(test.inputs(images[part], texts[part]))
 
         with stage(description, len(images)) as advance:
-            for i, batch in enumerate(eval_batches(trial, make_batch, -(-len(images) // size))):
+            for i, batch in enumerate(eval_batches(context, make_batch, -(-len(images) // size))):
                 part = slice(i * size, (i + 1) * size)
                 out[part] = model.itm_logits(**batch)[:, 1].float().cpu().numpy()
                 advance(len(out[part]))
@@ -190,12 +194,12 @@ class RetrievalTask(Task):
 
     @torch.inference_mode()
     def similarities(
-        self, trial: Trial, model: VLPreTrainedModel, test: ModelData, lists: CandidateLists
+        self, context: TaskContext, model: VLPreTrainedModel, test: ModelData, lists: CandidateLists
     ) -> np.ndarray:
         """(queries, candidates) scores of a dual encoder from embeddings of every test image and text, the same
         values as its class-1 ITM logit."""
         model.eval()
-        size = trial.cfg.runtime.eval_batch_size
+        size = context.config.runtime.eval_batch_size
         images, texts = [], []
 
         def make_batch(i: int) -> dict[str, torch.Tensor]:
@@ -203,7 +207,7 @@ class RetrievalTask(Task):
             return model_inputs(test.inputs(positions, positions))
 
         with stage(f"{self.name} embed", len(test)) as advance:
-            for batch in eval_batches(trial, make_batch, -(-len(test) // size)):
+            for batch in eval_batches(context, make_batch, -(-len(test) // size)):
                 images.append(model.embed_images(batch["patch_features"], batch["patch_locations"]).float())
                 texts.append(model.embed_texts(batch["input_ids"], batch["attention_mask"]).float())
                 advance(len(batch["input_ids"]))

@@ -8,8 +8,6 @@ through the level's own LayerNorm. Pre-training sums AMLM, ITM and the AKPM task
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,16 +16,15 @@ from transformers import BertConfig
 from kbench.core.errors import KbenchError
 from kbench.features.patch_features import Patching
 from kbench.features.patches import KALEIDO, get_scheme
+from kbench.models.base import VLPreTrainingOutput
+from kbench.models.context import PretrainingContext
 from kbench.models.kaleido.agm import AGM_VARIANTS
 from kbench.models.kaleido.akpm import NUM_ROTATIONS, PERMUTATIONS, TASK_LEVEL, gather_cells, parse_akpm
 from kbench.models.kaleido.collator import KaleidoCollator
 from kbench.models.kaleido.kpg import SCALE_FIXED_GRID, check_kpg, kpg_patching
 from kbench.models.losses import feature_kl
 from kbench.models.single_stream import SingleStreamForPreTraining, SingleStreamModel
-from kbench.models.zoo import VLPreTrainingOutput
-
-if TYPE_CHECKING:
-    from kbench.engine.trial import Trial
+from kbench.models.zoo import register_model
 
 ITM_HEADS = ("softmax", "sigmoid")
 
@@ -131,6 +128,11 @@ class KaleidoBertModel(SingleStreamModel):
         self.post_init()
 
 
+@register_model(
+    "kaleido",
+    description="Kaleido-BERT: single stream [text | 55 kaleido patches of the saliency-locked garment];"
+    " AMLM with alignment-guided masking, ITM, AKPM (rotation, jigsaw, camouflage, grey/blank-to-colour KL)",
+)
 class KaleidoBertForPreTraining(SingleStreamForPreTraining):
     """Kaleido-BERT with the AMLM, ITM and AKPM heads of spec §1.4; ``forward`` returns the pre-training losses."""
 
@@ -156,16 +158,16 @@ class KaleidoBertForPreTraining(SingleStreamForPreTraining):
         return kpg_patching(config.kpg, config.saliency, akpm_views=True)
 
     @classmethod
-    def prepare(cls, trial: Trial) -> dict[str, float]:
+    def prepare(cls, context: PretrainingContext) -> dict[str, float]:
         from kbench.models.kaleido.preparation import prepare
 
-        return prepare(trial)
+        return prepare(context)
 
     @classmethod
-    def pretraining_collator(cls, config: KaleidoBertConfig, trial: Trial) -> KaleidoCollator:
+    def pretraining_collator(cls, config: KaleidoBertConfig, context: PretrainingContext) -> KaleidoCollator:
         from kbench.models.kaleido.preparation import alignments
 
-        return KaleidoCollator(config, trial.tokenizer, trial.data("train"), alignments(trial).pairs)
+        return KaleidoCollator(config, context.tokenizer, context.data("train"), alignments(context).pairs)
 
     def itm_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, 2) logits; the sigmoid head's one logit ``z`` becomes ``[0, z]``, whose softmax is ``sigmoid(z)``."""

@@ -12,55 +12,56 @@ import numpy as np
 
 from kbench.data.layout import IMAGE_KEY
 from kbench.data.splits import Split
-from kbench.engine.trial import Trial
+from kbench.models.context import PretrainingContext
 from kbench.models.kaleido.aag import Alignments, load_alignments, read_regions, score_alignments
 from kbench.models.kaleido.saliency import score_boxes
 
 GARMENT_BOX_KEY = "synth_garment_box"
+ALIGNMENTS = "aag"  # the alignments' key in the context's cache
 
 
-def alignment_levels(trial: Trial) -> tuple[int, ...]:
+def alignment_levels(context: PretrainingContext) -> tuple[int, ...]:
     """The grids AAG aligns words to: the levels AGM masks (3x3 and finer)."""
-    return tuple(n for n in trial.patching.scheme.levels if n >= 3)
+    return tuple(n for n in context.patching.scheme.levels if n >= 3)
 
 
-def alignments(trial: Trial) -> Alignments:
+def alignments(context: PretrainingContext) -> Alignments:
     """The AAG alignments of the training split, made once per trial (and cached on disk across trials)."""
 
     def make() -> Alignments:
-        train = trial.data("train")
-        cfg = trial.cfg
+        train = context.data("train")
+        cfg = context.config
         return load_alignments(
             train.split,
             train.features.example_boxes(),
             train.features.name,
-            alignment_levels(trial),
+            alignment_levels(context),
             cfg.features.encoder,
             cfg.features.weights,
             cfg.aag,
-            trial.device,
-            trial.spec.seed,
+            context.device,
+            context.seed,
             cfg.runtime.loader_workers,
         )
 
-    return trial.memo("aag", make)
+    return context.cached(ALIGNMENTS, make)
 
 
-def prepare(trial: Trial) -> dict[str, float]:
+def prepare(context: PretrainingContext) -> dict[str, float]:
     """Make the alignments and measure the saliency lock and the alignments where ground truth exists."""
-    train = trial.data("train")
+    train = context.data("train")
     boxes = train.features.example_boxes()
     metrics: dict[str, float] = {}
     truth = garment_boxes(train.split)
-    if trial.patching.saliency and truth is not None:
+    if context.patching.saliency and truth is not None:
         metrics |= {f"kpg/{k}": v for k, v in score_boxes(boxes, truth, size=image_size(train.split)).items()}
-    aligned = alignments(trial)
+    aligned = alignments(context)
     metrics["aag/words_per_image"] = float(np.mean([len({word for word, _, _ in p}) for p in aligned.pairs]))
     if aligned.history:
         metrics["aag/caption_loss"] = aligned.history[-1]["loss"]
     regions = read_regions(train.split)
     if regions is not None:
-        scores = score_alignments(aligned, boxes, regions, alignment_levels(trial))
+        scores = score_alignments(aligned, boxes, regions, alignment_levels(context))
         metrics |= {f"aag/{k}": v for k, v in scores.items()}
     return metrics
 
