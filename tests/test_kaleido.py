@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from transformers import BertModel
+from zoo_inputs import ALIGNED, KALEIDO_DIM, kaleido_data
 
 from kbench.core.errors import KbenchError
-from kbench.core.paths import cache_dir
-from kbench.data.splits import Split
-from kbench.data.text import bundled_checkpoint, load_tokenizer, tokenize
-from kbench.features.batches import ModelData, to_device
-from kbench.features.patch_features import Patching, features_from_arrays
+from kbench.data.text import bundled_checkpoint
+from kbench.features.batches import to_device
+from kbench.features.patch_features import Patching
 from kbench.features.patches import KALEIDO, get_scheme
 from kbench.models.kaleido.agm import PATCH_BUDGETS, plan_masks, text_budget
 from kbench.models.kaleido.akpm import (
@@ -44,19 +41,7 @@ SIZES = {
     "hidden_dropout_prob": 0.0,
     "attention_probs_dropout_prob": 0.0,
 }
-D = 12
-TEXTS = [
-    "Cotton shirt in navy. Spread collar. Button closure at front. Patch pocket at chest.",
-    "Wool sweater in red. Ribbed crewneck. Logo at chest.",
-    "Denim jeans in black. Five-pocket styling. Zip fly.",
-    "Leather tote bag in tan. Twin handles. Logo stamp at front.",
-]
-ALIGNED = [
-    [("collar", 3, 1), ("collar", 4, 1), ("collar", 5, 2), ("pocket", 3, 3), ("pocket", 5, 11), ("navy", 4, 5)],
-    [("logo", 3, 4), ("logo", 4, 5), ("logo", 5, 12), ("red", 3, 4)],
-    [],
-    [("handles", 3, 1), ("handles", 5, 2), ("logo", 4, 9), ("tan", 4, 10)],
-]
+D = KALEIDO_DIM
 
 
 def test_akpm_specs_parse_to_the_papers_task_sets() -> None:
@@ -155,27 +140,13 @@ def test_agm_takes_aligned_pairs_first_and_falls_back_to_random() -> None:
     assert abs(counts[[4, 9, 11]].mean() / counts.mean() - 1) < 0.15
 
 
-def tiny_data() -> tuple[ModelData, object]:
-    tokenizer = load_tokenizer("bundled")
-    text = tokenize(tokenizer, TEXTS, 24)
-    meta = pd.DataFrame({"row": range(4), "product_id": [10, 11, 12, 13], "description": TEXTS})
-    g = torch.Generator().manual_seed(0)
-    features = (torch.rand(4, 55, D, generator=g) + 0.1).numpy()
-    locations = torch.rand(4, 55, 5, generator=g).numpy()
-    views = {"rotated": torch.rand(4, 3, D, generator=g).numpy(), "grey": torch.rand(4, 16, D, generator=g).numpy()}
-    root = Path(tempfile.mkdtemp(dir=cache_dir("tests"))) / "kaleido"
-    store = features_from_arrays(root, features, locations, np.tile([0, 0, 256, 256], (4, 1)), views, shard_rows=3)
-    split = Split("train", Path("unused.h5"), meta, "fp")
-    return ModelData(split, text, store), tokenizer
-
-
 def tiny_model(**options) -> KaleidoBertForPreTraining:
     torch.manual_seed(0)
     return build_model("kaleido", None, vocab_size=30522, visual_feature_size=D, **SIZES, **options)
 
 
 def collated(model: KaleidoBertForPreTraining, seed: int = 0) -> tuple[dict, dict]:
-    data, tokenizer = tiny_data()
+    data, tokenizer = kaleido_data()
     images = torch.tensor([0, 1, 2, 3, 0, 1])
     texts = torch.tensor([0, 1, 2, 3, 2, 3])  # the last two pairs are mismatched
     raw = data.inputs(images.numpy(), texts.numpy(), views=True)
@@ -187,7 +158,7 @@ def collated(model: KaleidoBertForPreTraining, seed: int = 0) -> tuple[dict, dic
 
 
 def test_words_are_indexed_from_word_pieces() -> None:
-    data, tokenizer = tiny_data()
+    data, tokenizer = kaleido_data()
     sizes, pairs = index_words(tokenizer, data.text, ALIGNED)
     tokens = tokenizer.convert_ids_to_tokens(data.text.input_ids[0].tolist())
     words = data.text.word_ids[0].tolist()
@@ -202,7 +173,7 @@ def test_collator_corrupts_each_level_as_its_labels_say() -> None:
     model = tiny_model()
     batch, raw = collated(model)
     clean, feats = raw["patch_features"], batch["patch_features"]
-    data, _ = tiny_data()
+    data, _ = kaleido_data()
     images = raw["image_positions"]
     s1, s2, s3, s4, s5 = KALEIDO.level_slices()
     rr = batch["rr_labels"]
@@ -267,7 +238,7 @@ def test_every_akpm_variant_masks_the_same_words_and_cells() -> None:
     """Table 4's AKPM columns differ only in their pretext tasks: for a batch and seed, every variant masks the
     words and the cells of B+I~V (1, 2 and 3 cells at levels 3, 4 and 5, up to 15 % of the tokens), so the
     share of aligned words masked is one number across the block."""
-    data, tokenizer = tiny_data()
+    data, tokenizer = kaleido_data()
     sizes, pairs = index_words(tokenizer, data.text, ALIGNED)
     images, texts = torch.tensor([0, 1, 2, 3, 0, 1, 3]), torch.tensor([0, 1, 2, 3, 2, 3, 3])
     raw = data.inputs(images.numpy(), texts.numpy(), views=True)

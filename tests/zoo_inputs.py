@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
+import pandas as pd
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from kbench.core.config import load_config
-from kbench.features.patch_features import Patching
+from kbench.core.paths import cache_dir
+from kbench.data.splits import Split
+from kbench.data.text import load_tokenizer, tokenize
+from kbench.features.batches import ModelData
+from kbench.features.patch_features import Patching, features_from_arrays
 from kbench.features.patches import get_scheme
 from kbench.models.context import PretrainingContext
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
 MATCHED = (1, 1, 0, 1, 0, 1)  # the ITM labels of a batch, repeated for larger ones
+KALEIDO_DIM = 12  # the feature size of Kaleido's tiny store
+TEXTS = [
+    "Cotton shirt in navy. Spread collar. Button closure at front. Patch pocket at chest.",
+    "Wool sweater in red. Ribbed crewneck. Logo at chest.",
+    "Denim jeans in black. Five-pocket styling. Zip fly.",
+    "Leather tote bag in tan. Twin handles. Logo stamp at front.",
+]
+ALIGNED = [  # AAG's (word, level, cell) alignments of TEXTS
+    [("collar", 3, 1), ("collar", 4, 1), ("collar", 5, 2), ("pocket", 3, 3), ("pocket", 5, 11), ("navy", 4, 5)],
+    [("logo", 3, 4), ("logo", 4, 5), ("logo", 5, 12), ("red", 3, 4)],
+    [],
+    [("handles", 3, 1), ("handles", 5, 2), ("logo", 4, 9), ("tan", 4, 10)],
+]
 
 
 def raw_batch(
@@ -62,3 +84,20 @@ def context(mask_token_id: int, cache: dict) -> PretrainingContext:
         load=lambda split: None,
         cache=cache,
     )
+
+
+def kaleido_data() -> tuple[ModelData, PreTrainedTokenizerBase]:
+    """Kaleido's training data for ``TEXTS``: a fresh store of 55 kaleido patches a product with the rotated and
+    grey AKPM views, and the bundled tokenizer."""
+    tokenizer = load_tokenizer("bundled")
+    text = tokenize(tokenizer, TEXTS, 24)
+    meta = pd.DataFrame({"row": range(4), "product_id": [10, 11, 12, 13], "description": TEXTS})
+    g = torch.Generator().manual_seed(0)
+    d = KALEIDO_DIM
+    features = (torch.rand(4, 55, d, generator=g) + 0.1).numpy()
+    locations = torch.rand(4, 55, 5, generator=g).numpy()
+    views = {"rotated": torch.rand(4, 3, d, generator=g).numpy(), "grey": torch.rand(4, 16, d, generator=g).numpy()}
+    root = Path(tempfile.mkdtemp(dir=cache_dir("tests"))) / "kaleido"
+    store = features_from_arrays(root, features, locations, np.tile([0, 0, 256, 256], (4, 1)), views, shard_rows=3)
+    split = Split("train", Path("unused.h5"), meta, "fp")
+    return ModelData(split, text, store), tokenizer
