@@ -7,7 +7,6 @@ and checkpoints, so two runs share a stage exactly when the settings that stage 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import types
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from kbench.core.errors import KbenchError, unknown_choice
+from kbench.core.errors import KbenchError, did_you_mean, unknown_choice
 
 PROFILES = ("smoke", "default", "paper")
 IMAGES, PAIRS = "images", "pairs"  # what a pre-training epoch counts (pretrain.epoch_unit)
@@ -290,8 +289,7 @@ def apply_override(cfg: Config, item: str) -> None:
         names = [f.name for f in dataclasses.fields(node)]
         if name not in names:
             where = ".".join(parts[:depth]) or "config"
-            close = difflib.get_close_matches(name, names, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; {where} has: {', '.join(names)}"
+            hint = did_you_mean(name, names, otherwise=f"; {where} has: {', '.join(names)}")
             raise KbenchError(f"unknown config key {key!r}{hint}")
         if last:
             hint = typing.get_type_hints(type(node))[name]
@@ -362,8 +360,6 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in names]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise KbenchError(f"{where}: unknown key {unknown[0]!r}{hint}")
+        raise KbenchError(f"{where}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}: {k}") for k, v in data.items()}
     return cls(**kwargs)
