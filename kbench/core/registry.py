@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from kbench.core.errors import KbenchError
+from kbench.core.errors import unknown_choice
 
 T = TypeVar("T")
 
@@ -60,7 +59,7 @@ class Registry(Generic[T]):
         """The object registered as ``name``, importing it first if it was registered lazily."""
         self._discovered()
         if name not in self._entries:
-            raise KbenchError(self.unknown_message(name))
+            raise unknown_choice(self.kind, name, self.names(), n=3, cutoff=0.5)
         entry = self._entries[name]
         if isinstance(entry.target, str):
             module, _, attr = entry.target.partition(":")
@@ -73,11 +72,6 @@ class Registry(Generic[T]):
         """The one-line description of ``name`` (loading a lazy entry to read its docstring)."""
         self.get(name)
         return self._entries[name].description
-
-    def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self.names(), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(self.names())}"
-        return f"unknown {self.kind} {name!r}{hint}"
 
     def names(self) -> list[str]:
         self._discovered()

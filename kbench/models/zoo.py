@@ -7,7 +7,6 @@ entries (``kbench.models.kaleido`` and every module of ``baselines``) the first 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import inspect
 import logging
@@ -21,7 +20,7 @@ from transformers import BertConfig, BertForPreTraining
 from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertOnlyMLMHead
 from transformers.utils import logging as hf_logging
 
-from kbench.core.errors import KbenchError
+from kbench.core.errors import KbenchError, did_you_mean
 from kbench.core.registry import Registry
 from kbench.models.base import VLPreTrainedModel
 
@@ -158,6 +157,4 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     known = option_names(MODELS.get(name))
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise KbenchError(f"model {name} has no option {key!r}{hint}")
+            raise KbenchError(f"model {name} has no option {key!r}{did_you_mean(key, known)}")
