@@ -15,7 +15,7 @@ from kbench.core.memory import peak_memory
 from kbench.engine.pretraining import pretrained_model
 from kbench.engine.tracking import Tracking, TrialRun, flatten
 from kbench.engine.trial import Trial, TrialSpec, config_key, seed_everything
-from kbench.metrics import sum_cap, sum_cls, sum_r
+from kbench.metrics import paper_sums
 from kbench.tasks import TASKS, build_task
 from kbench.tasks.samples import ARTIFACT_DIR, to_jsonl
 
@@ -76,32 +76,11 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
             run.log_text(f"{name}.jsonl", to_jsonl(result.samples), ARTIFACT_DIR)
             if task.card.kind == "retrieval":
                 run.set_tags({"protocol": f"{task.protocol.name} v{task.protocol.version}"})
-        metrics |= sums(metrics)
+        metrics |= paper_sums(metrics)
         run.log_metrics({k: v for k, v in metrics.items() if k.startswith("sums/")})
         run.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
         run.log_metrics(memory)
     return metrics
-
-
-def sums(metrics: dict[str, float]) -> dict[str, float]:
-    """SumR, SumCLS and SumCAP exactly as the paper defines them, for the groups whose tasks all ran."""
-
-    def part(task: str, names: dict[str, str]) -> dict[str, float] | None:
-        """``{sum key: value}`` of ``task``'s metrics named in ``names``, or None when one is missing."""
-        values = {key: metrics.get(f"{task}/{name}") for name, key in names.items()}
-        return None if None in values.values() else values
-
-    recall = {"R1": "R@1", "R5": "R@5", "R10": "R@10"}
-    classification = {"acc": "acc", "macro_f": "macro_f"}
-    captioning = {m: m for m in ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")}
-    out = {}
-    if (itr := part("itr", recall)) and (tir := part("tir", recall)):
-        out["sums/SumR"] = sum_r(itr, tir)
-    if (cr := part("cr", classification)) and (sub := part("sub", classification)):
-        out["sums/SumCLS"] = sum_cls(cr, sub)
-    if fc := part("fc", captioning):
-        out["sums/SumCAP"] = sum_cap(fc)
-    return out
 
 
 @contextmanager
