@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from kbench.core.errors import unknown_choice
+from kbench.core.errors import KbenchError, unknown_choice
 
 T = TypeVar("T")
 
@@ -23,12 +23,21 @@ class Registry(Generic[T]):
 
     Registered objects must be subclasses (or instances) of ``base``; duplicate names are refused and
     unknown names are answered with the closest known ones. ``discover``, when given, runs once before the first
-    lookup: it imports the modules whose decorators register the built-in entries and any plug-ins.
+    lookup: it imports the modules whose decorators register the built-in entries and any plug-ins. With
+    ``importable``, a name of the form ``"module:attr"`` needs no registration: it is registered under that name
+    on first use (so that any process that can import the module, a Ray worker too, resolves it alike).
     """
 
-    def __init__(self, kind: str, base: type | None = None, discover: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        base: type | None = None,
+        discover: Callable[[], None] | None = None,
+        importable: bool = False,
+    ) -> None:
         self.kind = kind
         self.base = base
+        self.importable = importable
         self._entries: dict[str, _Entry] = {}
         self._discover = discover
 
@@ -41,12 +50,13 @@ class Registry(Generic[T]):
         """Register ``target`` under ``name``; used bare as a decorator when ``target`` is omitted."""
 
         def add(obj: object) -> object:
-            if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
             lazy = isinstance(obj, str)
+            before = self._entries.get(name)
+            if before is not None and (lazy or before.target != _path(obj)):  # else: the import of a lazy entry
+                raise ValueError(f"{self.kind} {name!r} is already registered")
             if not lazy:
                 self._check_base(name, obj)
-            doc = description or ("" if lazy else _first_line(obj.__doc__))
+            doc = description or (before.description if before else "") or ("" if lazy else _first_line(obj.__doc__))
             self._entries[name] = _Entry(obj, doc)
             return obj
 
@@ -58,15 +68,37 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The object registered as ``name``, importing it first if it was registered lazily."""
         self._discovered()
+        if name not in self._entries and self.importable and ":" in name:
+            self._entries[name] = _Entry(name, "")
+            try:
+                return self._load(name)
+            except KbenchError:
+                del self._entries[name]
+                raise
         if name not in self._entries:
             raise unknown_choice(self.kind, name, self.names(), n=3, cutoff=0.5)
-        entry = self._entries[name]
-        if isinstance(entry.target, str):
-            module, _, attr = entry.target.partition(":")
-            entry.target = getattr(importlib.import_module(module), attr)
-            self._check_base(name, entry.target)
-            entry.description = entry.description or _first_line(entry.target.__doc__)
-        return entry.target  # type: ignore[return-value]
+        return self._load(name)
+
+    def _load(self, name: str) -> T:
+        """The object of entry ``name``, imported first if it is a lazy ``"module:attr"``; a KbenchError in one
+        line when that fails (a plug-in that cannot be imported, or of the wrong type)."""
+        path = self._entries[name].target
+        if not isinstance(path, str):
+            return path  # type: ignore[return-value]
+        where = f"{self.kind} {name!r}" + ("" if path == name else f" ({path})")
+        module, _, attr = path.partition(":")
+        try:
+            target = importlib.import_module(module)
+            for part in attr.split(".") if attr else ():
+                target = getattr(target, part)
+        except Exception as exc:  # whatever a plug-in's import raises, said in one line
+            raise KbenchError(f"{where} cannot be loaded: {type(exc).__name__}: {_first_line(str(exc))}") from None
+        if not self._fits(target):
+            raise KbenchError(f"{where} is not a {self.base.__name__} subclass: {target!r}")  # type: ignore[union-attr]
+        entry = self._entries[name]  # the import may have registered the object itself, by decorator
+        entry.target = target
+        entry.description = entry.description or _first_line(target.__doc__)
+        return target
 
     def describe(self, name: str) -> str:
         """The one-line description of ``name`` (loading a lazy entry to read its docstring)."""
@@ -84,12 +116,19 @@ class Registry(Generic[T]):
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
-    def _check_base(self, name: str, obj: object) -> None:
+    def _fits(self, obj: object) -> bool:
         if self.base is None:
-            return
-        ok = (isinstance(obj, type) and issubclass(obj, self.base)) or isinstance(obj, self.base)
-        if not ok:
-            raise TypeError(f"{self.kind} {name!r} must be a {self.base.__name__}, got {obj!r}")
+            return True
+        return (isinstance(obj, type) and issubclass(obj, self.base)) or isinstance(obj, self.base)
+
+    def _check_base(self, name: str, obj: object) -> None:
+        if not self._fits(obj):
+            raise TypeError(f"{self.kind} {name!r} must be a {self.base.__name__}, got {obj!r}")  # type: ignore[union-attr]
+
+
+def _path(obj: object) -> str:
+    """``"module:qualname"`` of a class or function, as a lazy entry names it."""
+    return f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
 
 
 def _first_line(doc: str | None) -> str:

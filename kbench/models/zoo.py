@@ -1,7 +1,9 @@
 """The model zoo: the registry of pre-training models, and building an entry from scratch or from BERT.
 
 Entries register themselves with ``@register_model`` in their own file. The registry imports kbench's own
-entries (``kbench.models.kaleido`` and every module of ``baselines``) the first time it is read.
+entries (``kbench.models.kaleido`` and every module of ``baselines``) the first time it is read, and lists the
+plug-ins of installed packages (the ``kbench.models`` entry points, imported on first use). A name of the form
+``package.module:Class`` names an importable entry without registering it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import inspect
 import logging
 import pkgutil
 from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,14 +35,23 @@ M = TypeVar("M", bound=type[VLPreTrainedModel])
 
 
 def discover_models() -> None:
-    """Import kbench's own entries, so that their ``@register_model`` runs."""
+    """Import kbench's own entries, so that their ``@register_model`` runs; register the installed plug-ins'
+    entry points by name, to be imported when first used (so that a broken one fails alone, naming itself)."""
     import baselines
 
     for module in (*BUILTIN_MODULES, *(f"baselines.{m.name}" for m in pkgutil.iter_modules(baselines.__path__))):
         importlib.import_module(module)
+    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if entry.name in MODELS:
+            log.warning("entry point %s = %s ignored: model %r already exists", entry.name, entry.value, entry.name)
+            continue
+        MODELS.register(entry.name, entry.value)
 
 
-MODELS: Registry[type[VLPreTrainedModel]] = Registry("model", base=VLPreTrainedModel, discover=discover_models)
+ENTRY_POINT_GROUP = "kbench.models"  # an installed package's plug-ins: name = "package.module:Class"
+MODELS: Registry[type[VLPreTrainedModel]] = Registry(
+    "model", base=VLPreTrainedModel, discover=discover_models, importable=True
+)
 
 
 def register_model(name: str, *, description: str = "") -> Callable[[M], M]:
