@@ -12,11 +12,12 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 import kbench
-from kbench.core.config import PROFILES, Config, digest, load_config, profile_description
+from kbench.core.config import PROFILES, Config, digest, profile_description, resolve_config
 from kbench.core.errors import KbenchError
 
 
@@ -206,37 +207,79 @@ FLAG_KEYS = {
 }
 
 
-def resolve_config(opts: argparse.Namespace) -> Config:
-    """The profile with ``--dataset``, ``--data-dir`` and ``--set`` applied."""
-    overrides = list(opts.overrides)
-    if getattr(opts, "dataset", None):
-        overrides.insert(0, f"data.dataset={opts.dataset}")
-    if getattr(opts, "data_dir", None):
-        overrides.insert(0, f"data.data_dir={opts.data_dir}")
-    for flag, key in FLAG_KEYS.items():
-        if getattr(opts, flag, None) is not None:
-            overrides.append(f"{key}={getattr(opts, flag)}")
-    return load_config(opts.profile, overrides, opts.config_files)
+def config_of(opts: argparse.Namespace) -> Config:
+    """The config the options name: the profile with ``--dataset``, ``--data-dir``, ``--config``, ``--set`` and the
+    flags that are shorthands for config keys applied."""
+    flags = [
+        f"{key}={getattr(opts, flag)}" for flag, key in FLAG_KEYS.items() if getattr(opts, flag, None) is not None
+    ]
+    return resolve_config(
+        opts.profile,
+        [*opts.overrides, *flags],
+        opts.config_files,
+        dataset=getattr(opts, "dataset", None),
+        data_dir=getattr(opts, "data_dir", None),
+    )
+
+
+def _seeds(opts: argparse.Namespace) -> list[int]:
+    """``--seeds`` consecutive seeds from ``--seed`` on."""
+    if opts.seeds < 1:
+        raise KbenchError("--seeds must be at least 1")
+    return list(range(opts.seed, opts.seed + opts.seeds))
+
+
+def _common(opts: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments ``kbench.evaluate`` and ``kbench.ablate`` take from the shared options."""
+    flags = [
+        f"{key}={getattr(opts, flag)}" for flag, key in FLAG_KEYS.items() if getattr(opts, flag, None) is not None
+    ]
+    return {
+        "profile": opts.profile,
+        "overrides": [*opts.overrides, *flags],
+        "config_files": opts.config_files,
+        "dataset": opts.dataset,
+        "data_dir": opts.data_dir,
+        "seeds": _seeds(opts),
+        "tracking_uri": opts.tracking_uri,
+        "experiment": opts.experiment,
+        "ray_address": opts.ray_address,
+    }
 
 
 def cmd_run(opts: argparse.Namespace) -> int:
-    from kbench.engine.runner import run
+    from kbench.api import evaluate
 
-    print(run(opts))
+    print(evaluate(opts.model, opts.task, resume=opts.resume, **_common(opts)).table())
     return 0
 
 
 def cmd_tune(opts: argparse.Namespace) -> int:
+    from kbench.engine.tracking import tracking_uri
     from kbench.engine.tuning import tune_recipe
 
-    print(tune_recipe(opts))
+    cfg = config_of(opts)
+    uri = tracking_uri(opts.tracking_uri)
+    print(
+        tune_recipe(
+            cfg,
+            opts.model,
+            opts.task,
+            opts.samples,
+            seed=opts.seed,
+            out=opts.out,
+            uri=uri,
+            experiment=opts.experiment,
+            ray_address=opts.ray_address,
+        )
+    )
     return 0
 
 
 def cmd_ablate(opts: argparse.Namespace) -> int:
-    from kbench.engine.runner import ablate
+    from kbench.api import ablate
 
-    print(ablate(opts))
+    print(ablate(opts.block, opts.model, **_common(opts)).table())
     return 0
 
 
@@ -250,7 +293,7 @@ def cmd_table(opts: argparse.Namespace) -> int:
     match = None
     if opts.match:
         opts.profile = opts.profile or "default"  # as kbench run's
-        match = resolve_config(opts)
+        match = config_of(opts)
     selection = {"limit": opts.limit, "config_hash": opts.config_hash, "match": match}
     if opts.ablation:
         text = build_ablation(
@@ -340,7 +383,7 @@ def _registry(what: str):
 
 
 def cmd_config(opts: argparse.Namespace) -> int:
-    cfg = resolve_config(opts)
+    cfg = config_of(opts)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     print(f"# config hash: {digest(cfg.results_dict())}")
     return 0
@@ -349,7 +392,7 @@ def cmd_config(opts: argparse.Namespace) -> int:
 def cmd_data_synth(opts: argparse.Namespace) -> int:
     from kbench.data.synth import generate
 
-    cfg = resolve_config(opts)
+    cfg = config_of(opts)
     generate(opts.out, cfg.data.synth)
     print(f"wrote SynthFashion to {opts.out}")
     return 0
@@ -362,12 +405,12 @@ def cmd_bench(opts: argparse.Namespace) -> int:
 
         opts.profile = opts.profile or "paper"
         out = opts.out or Path("results/bench-scale.json")
-        print(run_scale_bench(resolve_config(opts), opts.scale, opts.dir or cache_dir("bench"), opts.keep, out))
+        print(run_scale_bench(config_of(opts), opts.scale, opts.dir or cache_dir("bench"), opts.keep, out))
         return 0
     from kbench.commands.bench import run_bench
 
     opts.profile = opts.profile or "default"
-    print(run_bench(resolve_config(opts), opts.model, opts.out or Path("results/bench.json")))
+    print(run_bench(config_of(opts), opts.model, opts.out or Path("results/bench.json")))
     return 0
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from tabulate import tabulate
 
 import kbench
+from kbench.api import ablate, evaluate
 from kbench.core.errors import KbenchError
 from kbench.core.paths import atomic_path
 from kbench.report.tables import load_runs
@@ -52,13 +53,9 @@ def pinned_isa() -> Iterator[None]:
 
 def run_study(uri: str) -> Results:
     """Run the study into the tracking store ``uri`` and return its results."""
-    from kbench.commands.cli import build_parser
-    from kbench.engine.runner import ablate, run
-
-    common = ["--profile", PROFILE, "--tracking-uri", uri, "--experiment", EXPERIMENT]
-    parser = build_parser()
-    run(parser.parse_args(["run", "--model", MODELS, "--task", "all", *common]))
-    ablate(parser.parse_args(["ablate", BLOCK, *common]))
+    common = {"profile": PROFILE, "tracking_uri": uri, "experiment": EXPERIMENT}
+    evaluate(MODELS, "all", **common)
+    ablate(BLOCK, **common)
     return collect(uri)
 
 

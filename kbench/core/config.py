@@ -11,6 +11,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -77,6 +78,7 @@ class ModelConfig:
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
     init_from: str | None = None
+    checkpoint: str | None = None  # evaluate these weights instead of pre-training: a directory or runs:/<id>/model
 
 
 @dataclass
@@ -179,13 +181,20 @@ class Config:
     aag: AlignmentConfig = field(default_factory=AlignmentConfig)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides of the task cards
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    finetune: bool = True  # false scores the pre-trained heads alone (no fine-tuning; CR and SUB are skipped)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def results_dict(self) -> dict[str, Any]:
-        """``to_dict`` without the scheduling fields: what results depend on."""
-        return without_scheduling(self.to_dict())
+        """``to_dict`` without the scheduling fields: what results depend on. ``model.checkpoint`` and ``finetune``
+        appear only when set, so that the hashes of runs from before they existed stay as they were."""
+        data = without_scheduling(self.to_dict())
+        if data["model"]["checkpoint"] is None:
+            del data["model"]["checkpoint"]
+        if data["finetune"]:
+            del data["finetune"]
+        return data
 
 
 def without_scheduling(data: dict[str, Any], section: str = "") -> dict[str, Any]:
@@ -234,6 +243,23 @@ def load_config(
         raise KbenchError(f"--limit must be at least 1 product, got {cfg.data.limit}")
     check_epoch_unit(cfg.pretrain)
     return cfg
+
+
+def resolve_config(
+    profile: str = "default",
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    files: Sequence[Path] = (),
+    *,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+) -> Config:
+    """A profile with a dataset, a data directory, override files and ``key=value`` overrides (strings, or a
+    mapping of keys to values) applied, in that order: the config a run, the CLI and the Python API all start from."""
+    if isinstance(overrides, Mapping):
+        overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    first = [f"data.dataset={dataset}"] if dataset else []
+    first += [f"data.data_dir={data_dir}"] if data_dir else []
+    return load_config(profile, [*first, *overrides], list(files))
 
 
 def check_epoch_unit(cfg: PretrainConfig) -> None:

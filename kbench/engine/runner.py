@@ -1,24 +1,23 @@
-"""``kbench run`` and ``kbench ablate``: check the inputs, open the MLflow parent run, launch the trials that
-have no finished result yet, print the tables."""
+"""Running a set of trials: check the inputs, open the MLflow parent run, launch the trials that have no finished
+result yet, and find each trial's finished run."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
+from collections.abc import Sequence
 
-from kbench.commands.cli import resolve_config
 from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.data import load_dataset
-from kbench.engine.ablations import BLOCKS, blocks
-from kbench.engine.tracking import Tracking, open_experiment, parent_run, settle, tracking_uri
+from kbench.engine.ablations import BLOCKS
+from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle
 from kbench.engine.trial import TrialSpec, config_hash, model_options, trial_config
 from kbench.features.encoders import RANDOM_WEIGHTS, build_encoder
 from kbench.models.kaleido.saliency import build_detector
 from kbench.models.training import cpu_has_bf16, resolve_device
 from kbench.models.zoo import MODELS, NO_INIT, bert_config, check_options
-from kbench.tasks import build_task, parse_tasks
+from kbench.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -86,63 +85,54 @@ def check_initial_weights(cfg: Config) -> None:
         bert_config(cfg.model.init_from)
 
 
-def seeds(opts: argparse.Namespace) -> range:
-    """``--seeds`` consecutive seeds from ``--seed`` on."""
-    if opts.seeds < 1:
-        raise KbenchError("--seeds must be at least 1")
-    return range(opts.seed, opts.seed + opts.seeds)
+def model_specs(models: Sequence[str], seeds: Sequence[int]) -> list[TrialSpec]:
+    """A trial for every (model, seed)."""
+    return [TrialSpec(model, seed) for model in models for seed in seeds]
 
 
-def execute(opts: argparse.Namespace, cfg: Config, specs: list[TrialSpec], tasks: list[str], resume: bool) -> None:
-    """Launch ``specs`` under one MLflow parent run; with ``resume``, only those without a finished result."""
+def ablation_specs(model: str, block_names: Sequence[str], seeds: Sequence[int]) -> list[TrialSpec]:
+    """A trial for every (variant, seed) of the ablation blocks named."""
+    MODELS.get(model)
+    return [
+        TrialSpec(model, seed, v.tag, v.overrides(model))
+        for block in block_names
+        for v in BLOCKS[block]
+        for seed in seeds
+    ]
+
+
+def execute(
+    cfg: Config,
+    specs: list[TrialSpec],
+    tasks: list[str],
+    *,
+    command: str,
+    uri: str,
+    experiment: str,
+    ray_address: str | None = None,
+    resume: bool = False,
+) -> tuple[str | None, dict[str, str]]:
+    """Launch ``specs`` under one MLflow parent run (with ``resume``, only those without a finished result); return
+    the parent run's id (None when nothing ran) and the finished run of every spec, by label."""
     from kbench.engine.launch import launch
 
+    if not specs:
+        raise KbenchError("nothing to run: no seeds")
     check_inputs(cfg, specs, tasks)
-    uri = tracking_uri(opts.tracking_uri)
-    experiment_id = open_experiment(uri, opts.experiment)
+    experiment_id = open_experiment(uri, experiment)
+    tracking = Tracking(uri, experiment_id)
+    keys = {s.label: (s.model, s.variant, config_hash(cfg, s)) for s in specs}
+    todo = specs
     if resume:
-        keys = {s.label: (s.model, s.variant, config_hash(cfg, s)) for s in specs}
-        done = settle(Tracking(uri, experiment_id), keys, ",".join(tasks))
+        done = settle(tracking, keys, ",".join(tasks))
         if done:
             log.info("%d of %d trials already finished: %s", len(done), len(specs), ", ".join(sorted(done)))
-        specs = [s for s in specs if s.label not in done]
-    if not specs:
-        return
-    name = f"{opts.command}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"command": opts.command, "profile": cfg.profile, "dataset": cfg.data.dataset}
-    params = {"trials": ",".join(s.label for s in specs), "tasks": ",".join(tasks)}
-    with parent_run(Tracking(uri, experiment_id), name, tags, params) as parent_id:
-        launch(specs, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, opts.ray_address)
-
-
-def run(opts: argparse.Namespace) -> str:
-    """``kbench run``: every (model, seed) as a Ray Tune trial; return the main table."""
-    from kbench.report.tables import build_main
-
-    cfg = resolve_config(opts)
-    models, tasks = parse_models(opts.model), parse_tasks(opts.task)
-    specs = [TrialSpec(model, seed) for model in models for seed in seeds(opts)]
-    execute(opts, cfg, specs, tasks, resume=opts.resume)
-    uri = tracking_uri(opts.tracking_uri)
-    return build_main(uri, opts.experiment, "md", cfg.profile, cfg.data.dataset, cfg.data.limit)
-
-
-def ablate(opts: argparse.Namespace) -> str:
-    """``kbench ablate``: every (variant, seed) of the blocks asked for, finished ones skipped; their tables."""
-    from kbench.report.tables import build_ablation
-
-    cfg = resolve_config(opts)
-    names, tasks = blocks(opts.block), parse_tasks("all")
-    MODELS.get(opts.model)
-    specs = [
-        TrialSpec(opts.model, seed, v.tag, v.overrides(opts.model))
-        for block in names
-        for v in BLOCKS[block]
-        for seed in seeds(opts)
-    ]
-    execute(opts, cfg, specs, tasks, resume=True)
-    uri = tracking_uri(opts.tracking_uri)
-    return "\n".join(
-        build_ablation(uri, opts.experiment, block, "md", cfg.profile, cfg.data.dataset, opts.model, cfg.data.limit)
-        for block in names
-    )
+        todo = [s for s in specs if s.label not in done]
+    parent_id = None
+    if todo:
+        name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tags = {"command": command, "profile": cfg.profile, "dataset": cfg.data.dataset}
+        params = {"trials": ",".join(s.label for s in todo), "tasks": ",".join(tasks)}
+        with parent_run(tracking, name, tags, params) as parent_id:
+            launch(todo, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, ray_address)
+    return parent_id, finished_runs(tracking, keys, ",".join(tasks))

@@ -118,6 +118,10 @@ class TrialRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         log_metrics(self.client, self.run_id, metrics, step)
 
+    def log_artifacts(self, local_dir: str | Path, directory: str) -> None:
+        """Copy the files of ``local_dir`` into the artifact sub-directory ``directory``."""
+        self.client.log_artifacts(self.run_id, str(local_dir), directory)
+
     def log_text(self, name: str, content: str, directory: str | None = None) -> None:
         """Write ``content`` as artifact file ``name``, in the artifact sub-directory ``directory`` if given."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -155,12 +159,16 @@ def _now_ms() -> int:
 
 
 def trial_runs(tracking: Tracking, model: str) -> list[Any]:
-    """Every trial run of ``model`` in the experiment, whatever its status."""
+    """Every trial run of ``model`` in the experiment, whatever its status, newest first."""
     client = tracking.client()
     runs, page = [], None
     while True:
         batch = client.search_runs(
-            [tracking.experiment_id], f"tags.`kbench.model` = '{model}'", max_results=1000, page_token=page
+            [tracking.experiment_id],
+            f"tags.`kbench.model` = '{model}'",
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=page,
         )
         runs += batch
         page = batch.token
@@ -170,25 +178,38 @@ def trial_runs(tracking: Tracking, model: str) -> list[Any]:
 
 def settle(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str) -> set[str]:
     """Of the trials ``keys`` names (label -> (model, variant, config hash)), those with a FINISHED run for
-    ``tasks``. Variants can share a config (the full model is a column of every block), hence the variant.
-
-    Runs of those trials left RUNNING by an invocation that was killed are marked KILLED, so that once the
-    rest has run there is exactly one finished result per trial.
-    """
+    ``tasks``. Runs of those trials left RUNNING by an invocation that was killed are marked KILLED, so that once
+    the rest has run there is exactly one finished result per trial."""
     client = tracking.client()
-    wanted = {key: label for label, key in keys.items()}
     finished: set[str] = set()
+    for label, run in _trial_runs(tracking, keys, tasks):
+        if run.info.status == "FINISHED":
+            finished.add(label)
+        elif run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return finished
+
+
+def finished_runs(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str) -> dict[str, str]:
+    """The newest FINISHED run id for ``tasks`` of each trial ``keys`` names (label -> (model, variant, config
+    hash)) that has one. Variants can share a config (the full model is a column of every block), hence the variant.
+    """
+    found: dict[str, str] = {}
+    for label, run in _trial_runs(tracking, keys, tasks):
+        if run.info.status == "FINISHED":
+            found.setdefault(label, run.info.run_id)  # trial_runs lists the newest first
+    return found
+
+
+def _trial_runs(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str) -> Iterator[tuple[str, Any]]:
+    """``(label, run)`` for every run of a trial ``keys`` names, for ``tasks``, newest first."""
+    wanted = {key: label for label, key in keys.items()}
     for model in {m for m, _, _ in keys.values()}:
         for run in trial_runs(tracking, model):
             tags = run.data.tags
             label = wanted.get((model, tags.get("kbench.variant"), tags.get("kbench.config_hash")))
-            if label is None or tags.get("kbench.tasks") != tasks:
-                continue
-            if run.info.status == "FINISHED":
-                finished.add(label)
-            elif run.info.status == "RUNNING":
-                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-    return finished
+            if label is not None and tags.get("kbench.tasks") == tasks:
+                yield label, run
 
 
 def serve(uri: str, port: int) -> int:

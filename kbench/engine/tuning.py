@@ -8,7 +8,6 @@ stops early are finished runs tagged with the epoch they stopped at; their dev m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -34,7 +33,6 @@ from kbench.engine.tracking import (
     log_params,
     open_experiment,
     parent_run,
-    tracking_uri,
 )
 from kbench.engine.trial import TrialSpec, seed_everything
 from kbench.tasks import build_task
@@ -108,29 +106,37 @@ class _Lines(tune.Callback):
         )
 
 
-def tune_recipe(opts: argparse.Namespace) -> str:
+def tune_recipe(
+    cfg: Config,
+    model: str,
+    task_name: str,
+    samples: int,
+    *,
+    seed: int = 0,
+    out: Path | None = None,
+    uri: str,
+    experiment: str = "kbench",
+    ray_address: str | None = None,
+) -> str:
     """``kbench tune``: run the search, settle the samples' MLflow runs, write the best recipe; return the report."""
-    from kbench.commands.cli import resolve_config
     from kbench.engine.runner import check_inputs
 
-    cfg = resolve_config(opts)
-    if "," in opts.task or opts.task == "all":
+    if "," in task_name or task_name == "all":
         raise KbenchError("kbench tune searches one task's recipe at a time: --task itr, tir, cr, sub or fc")
-    if opts.samples < 1:
+    if samples < 1:
         raise KbenchError("--samples must be at least 1")
-    task = build_task(opts.task, cfg.tasks.get(opts.task, {}))
-    spec = TrialSpec(opts.model, opts.seed)
-    check_inputs(cfg, [spec], [opts.task])
+    task = build_task(task_name, cfg.tasks.get(task_name, {}))
+    spec = TrialSpec(model, seed)
+    check_inputs(cfg, [spec], [task_name])
     metric, space = task.card.primary_metric, search_space(task.recipe)
-    out = opts.out or Path("results") / "tune" / f"{opts.model}-{opts.task}.yaml"
-    uri = tracking_uri(opts.tracking_uri)
-    tracking = Tracking(uri, open_experiment(uri, opts.experiment))
-    name = f"tune-{opts.model}-{opts.task}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"command": "tune", "model": opts.model, "search": opts.task, "profile": cfg.profile}
-    params = {"samples": opts.samples, "metric": f"dev/{metric}", "scheduler": "ASHA", "space": _space_text(space)}
+    out = out or Path("results") / "tune" / f"{model}-{task_name}.yaml"
+    tracking = Tracking(uri, open_experiment(uri, experiment))
+    name = f"tune-{model}-{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    tags = {"command": "tune", "model": model, "search": task_name, "profile": cfg.profile}
+    params = {"samples": samples, "metric": f"dev/{metric}", "scheduler": "ASHA", "space": _space_text(space)}
     with parent_run(tracking, name, tags, params) as parent_id:
         child = dataclasses.replace(tracking, parent_run_id=parent_id)
-        results = search(cfg, spec, opts.task, metric, space, opts.samples, child, name, opts.ray_address)
+        results = search(cfg, spec, task_name, metric, space, samples, child, name, ray_address)
         rows = settle_samples(tracking, results, metric)
         finished = [r for r in rows if r["status"] != "FAILED"]
         if not finished:
@@ -138,14 +144,14 @@ def tune_recipe(opts: argparse.Namespace) -> str:
         # Samples that ran all their epochs first: a recipe is only as good as its last epoch.
         best = max(finished, key=lambda r: (r["status"] == "FINISHED", r[f"dev {metric}"]))
         settings = {k: best[k] for k in SEARCHED}
-        usage = f"kbench run --model {opts.model} --task {opts.task} --profile {cfg.profile} --config {out}"
+        usage = f"kbench run --model {model} --task {task_name} --profile {cfg.profile} --config {out}"
         header = (
-            f"# kbench tune --model {opts.model} --task {opts.task} --profile {cfg.profile} --samples {opts.samples}"
-            f" --seed {opts.seed}\n# best of {len(rows)} samples by dev {metric} ({best[f'dev {metric}']:.4g});"
+            f"# kbench tune --model {model} --task {task_name} --profile {cfg.profile} --samples {samples}"
+            f" --seed {seed}\n# best of {len(rows)} samples by dev {metric} ({best[f'dev {metric}']:.4g});"
             f" MLflow run {parent_id}\n# use: {usage}\n"
         )
         with atomic_path(out) as path:
-            path.write_text(header + yaml.safe_dump({"tasks": {opts.task: {"finetune": settings}}}, sort_keys=False))
+            path.write_text(header + yaml.safe_dump({"tasks": {task_name: {"finetune": settings}}}, sort_keys=False))
         client = tracking.client()
         log_params(client, parent_id, {f"best.{k}": v for k, v in settings.items()})
         log_metrics(client, parent_id, {f"best/dev_{metric}": best[f"dev {metric}"]})

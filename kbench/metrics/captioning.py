@@ -17,6 +17,8 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from kbench.core.errors import KbenchError
 
+CAPTION_SCORES = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")  # the paper's captioning metrics, in its order
+
 
 class EnglishMeteor(_meteor_module.Meteor):
     """pycocoevalcap's METEOR with the JVM in an English locale (the jar misparses numbers otherwise)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kbench.core.errors import KbenchError
-from kbench.tasks.samples import CAPTION_SCORES
+from kbench.metrics.captioning import CAPTION_SCORES
 
 RESAMPLES = 1000
 SEED = 0

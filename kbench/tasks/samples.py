@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from kbench.core.config import digest
 from kbench.core.errors import KbenchError
+from kbench.metrics.captioning import CAPTION_SCORES
 
 ARTIFACT_DIR = "samples"
 
@@ -31,7 +32,6 @@ RETRIEVAL_FIELDS = ("query_row", "list_id", "rank", "pretrained_rank", "score")
 FULL_RANK_FIELD = "full_rank"
 CLASSIFICATION_FIELDS = ("row", "product_id", "label", "prediction", "label_id", "prediction_id", "num_labels")
 CAPTIONING_FIELDS = ("row", "product_id", "caption", "references", "scores")
-CAPTION_SCORES = ("BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
 FIELDS = {
     "itr": RETRIEVAL_FIELDS,
     "tir": RETRIEVAL_FIELDS,

@@ -1,0 +1,186 @@
+"""kbench from Python: ``kbench.evaluate`` and ``kbench.ablate`` run what ``kbench run`` and ``kbench ablate`` run
+and return a ``Results`` object; the command line is a thin layer over these two functions.
+
+    import kbench
+    results = kbench.evaluate("fashionbert", tasks=["itr", "cr"], profile="smoke", seeds=2)
+    results.to_pandas()        # one row per (model, variant, metric): value, 95 % interval, seeds, run ids
+    print(results.table())     # the paper's tables, built from these runs, the published numbers beside
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kbench.core.config import Config, resolve_config
+from kbench.core.errors import KbenchError
+from kbench.engine.ablations import blocks
+from kbench.engine.runner import ablation_specs, execute, model_specs, parse_models
+from kbench.engine.tracking import tracking_uri
+from kbench.engine.trial import TrialSpec
+from kbench.models.base import VLPreTrainedModel
+from kbench.report.tables import Samples, build_ablation, build_main, interval, load_runs
+from kbench.tasks import parse_tasks
+
+Overrides = Mapping[str, Any] | Sequence[str]
+
+
+@dataclass
+class Results:
+    """The finished runs of one ``evaluate`` or ``ablate`` call, read back from MLflow."""
+
+    config: Config
+    tracking_uri: str
+    experiment: str
+    run_ids: dict[str, str]  # trial label (model[/variant]/seedN) -> its finished MLflow run
+    parent_run_id: str | None  # the invocation's parent run; None when every trial had finished before
+    blocks: tuple[str, ...] = ()  # the ablation blocks, for an ``ablate`` call
+    model: str | None = None  # the ablated model, for an ``ablate`` call
+
+    def runs(self) -> pd.DataFrame:
+        """One row per run: its tags (model, variant, seed, config hash...), metrics and params."""
+        runs = load_runs(self.tracking_uri, self.experiment)
+        return runs[runs["run_id"].isin(set(self.run_ids.values()))].reset_index(drop=True)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per (model, variant, metric): the mean over seeds, its 95 % interval (a t-interval over seeds
+        where there are 2 or more, else a bootstrap over test items), the number of seeds and the run ids."""
+        runs, samples, rows = self.runs(), Samples(self.tracking_uri), []
+        for (model, variant), group in runs.groupby(["model", "variant"], sort=False):
+            for metric in sorted(c for c in group.columns if "/" in c and not c.startswith(("time/", "mem/"))):
+                if group[metric].isna().all():
+                    continue
+                value, half, n, kind = interval(group, metric, samples)
+                rows.append(
+                    {
+                        "model": model,
+                        "variant": variant,
+                        "task": metric.split("/")[0],
+                        "metric": metric.split("/", 1)[1],
+                        "value": value,
+                        "ci_low": None if half is None else value - half,
+                        "ci_high": None if half is None else value + half,
+                        "interval": kind or "n/a",
+                        "seeds": n,
+                        "run_ids": ",".join(group.loc[group[metric].notna(), "run_id"]),
+                    }
+                )
+        return pd.DataFrame(rows)
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """``{"model[:variant]": {"task/metric": mean over seeds}}``."""
+        out: dict[str, dict[str, float]] = {}
+        for row in self.to_pandas().itertuples():
+            name = row.model if row.variant == "default" else f"{row.model}:{row.variant}"
+            out.setdefault(name, {})[f"{row.task}/{row.metric}"] = row.value
+        return out
+
+    def table(self, fmt: str = "md") -> str:
+        """The paper's tables (the main ones, or the ablation blocks) of runs made with this config, the published
+        numbers beside; ``fmt`` is md, latex, csv or html."""
+        cfg = self.config
+        selection = {"limit": cfg.data.limit, "match": cfg}
+        if self.blocks:
+            return "\n".join(
+                build_ablation(self.tracking_uri, self.experiment, b, fmt, model=self.model or "kaleido", **selection)
+                for b in self.blocks
+            )
+        return build_main(self.tracking_uri, self.experiment, fmt, **selection)
+
+
+def evaluate(
+    model: str | Sequence[str] | VLPreTrainedModel = "kaleido",
+    tasks: str | Sequence[str] = "all",
+    *,
+    profile: str = "default",
+    overrides: Overrides = (),
+    config_files: Sequence[Path] = (),
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    seeds: int | Sequence[int] = 1,
+    tracking_uri: str | None = None,
+    experiment: str = "kbench",
+    ray_address: str | None = None,
+    resume: bool = False,
+) -> Results:
+    """Pre-train (or load), fine-tune and evaluate ``model`` on ``tasks``, one Ray Tune trial per (model, seed).
+
+    ``model`` is a zoo entry's name (``"kaleido"``), several (a list, a comma-separated string or ``"all"``),
+    ``"package.module:Class"``, or a model instance, whose weights are then evaluated as a checkpoint would be.
+    ``overrides`` are config keys (``{"pretrain.lr": 1e-4}`` or ``["pretrain.lr=1e-4"]``), applied after
+    ``config_files``; ``seeds`` is a count (seeds 0..n-1) or the seeds themselves.
+    """
+    cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
+    task_names = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks))
+    specs = model_specs(names, _seeds(seeds))
+    return _execute(cfg, specs, task_names, "run", tracking_uri, experiment, ray_address, resume)
+
+
+def ablate(
+    block: str | Sequence[str] = "all",
+    model: str = "kaleido",
+    *,
+    profile: str = "default",
+    overrides: Overrides = (),
+    config_files: Sequence[Path] = (),
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    seeds: int | Sequence[int] = 1,
+    tracking_uri: str | None = None,
+    experiment: str = "kbench",
+    ray_address: str | None = None,
+) -> Results:
+    """The paper's Table 4 ablations (``kpg``, ``agm``, ``akpm`` or ``all``) of ``model``: every (variant, seed) is
+    a trial through all five tasks; trials that already finished with the same config are not run again."""
+    cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
+    chosen = [b for spec in ([block] if isinstance(block, str) else block) for b in blocks(spec)]
+    specs = ablation_specs(names[0], chosen, _seeds(seeds))
+    results = _execute(cfg, specs, parse_tasks("all"), "ablate", tracking_uri, experiment, ray_address, True)
+    results.blocks, results.model = tuple(dict.fromkeys(chosen)), names[0]
+    return results
+
+
+def _resolve(
+    model: str | Sequence[str] | VLPreTrainedModel,
+    profile: str,
+    overrides: Overrides,
+    config_files: Sequence[Path],
+    dataset: str | None,
+    data_dir: str | Path | None,
+) -> tuple[Config, list[str]]:
+    """The resolved config and the zoo names of ``model``."""
+    if isinstance(model, VLPreTrainedModel):
+        raise KbenchError("evaluating a model instance needs checkpoint support; pass its name instead")
+    names = parse_models(model if isinstance(model, str) else ",".join(model))
+    return resolve_config(profile, overrides, config_files, dataset=dataset, data_dir=data_dir), names
+
+
+def _seeds(seeds: int | Sequence[int]) -> list[int]:
+    chosen = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not chosen:
+        raise KbenchError("seeds must be at least 1")
+    return chosen
+
+
+def _execute(
+    cfg: Config,
+    specs: list[TrialSpec],
+    tasks: list[str],
+    command: str,
+    uri: str | None,
+    experiment: str,
+    ray_address: str | None,
+    resume: bool,
+) -> Results:
+    uri = tracking_uri(uri)
+    parent, run_ids = execute(
+        cfg, specs, tasks, command=command, uri=uri, experiment=experiment, ray_address=ray_address, resume=resume
+    )
+    missing = [s.label for s in specs if s.label not in run_ids]
+    if missing:
+        raise KbenchError(f"{len(missing)} of {len(specs)} trials have no finished run: {', '.join(missing)}")
+    return Results(cfg, uri, experiment, run_ids, parent)
