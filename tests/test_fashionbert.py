@@ -1,17 +1,14 @@
-"""The FashionBERT-style zoo entry: shapes, objectives, collator invariants, save/load, BERT initialisation."""
+"""The FashionBERT-style zoo entry: objectives, the adaptive loss and collator invariants (test_zoo_contract checks
+shapes, save/load and BERT initialisation)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
-from transformers import BertModel
 from zoo_inputs import SIZES, raw_batch, train_on
 
 from baselines.fashionbert import FashionBertCollator, FashionBertConfig, FashionBertForPreTraining
 from kbench.core.errors import KbenchError
-from kbench.data.text import bundled_checkpoint
 from kbench.models.losses import adaptive_weights, feature_kl
 from kbench.models.masking import apply_token_mask, choose_tokens
 from kbench.models.zoo import MODELS, build_model, check_options
@@ -65,21 +62,6 @@ def test_token_masking_is_80_10_10() -> None:
     assert abs(masked - 0.8) < 0.02 and abs(kept - 0.1) < 0.02  # random tokens make up the rest
 
 
-def test_forward_shapes_and_losses() -> None:
-    model = tiny_model()
-    batch = FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1))
-    out = model(**batch)
-    assert set(out.losses) == {"mlm_loss", "itm_loss", "mpfc_loss"} and set(out.accuracies) == {"mlm_acc", "itm_acc"}
-    assert torch.isfinite(out.loss)  # the adaptive weighting is checked below
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "patch_features", "patch_locations")}
-    assert model.itm_logits(**inputs).shape == (B, 2)
-    assert model.pooled_output(**inputs).shape == (B, 32)
-    assert model.mlm_logits(**inputs).shape == (B, T, 200)
-    where = torch.zeros(B, T, dtype=torch.bool)
-    where[:, 2] = True
-    assert model.mlm_logits(where=where, **inputs).shape == (B, 200)
-
-
 def test_every_loss_decreases_on_a_tiny_batch() -> None:
     model = tiny_model()
     batch = FashionBertCollator(model.config, 3)(raw_batch(), torch.Generator().manual_seed(1))
@@ -120,31 +102,3 @@ def test_feature_kl_matches_the_direct_formula() -> None:
     direct = sum(sum(p[i, j] * torch.log(p[i, j] / q[i, j]) for j in range(7)) for i in range(5)) / 5
     torch.testing.assert_close(feature_kl(pred, target), direct)
     assert feature_kl(target, target).abs() < 1e-6
-
-
-def test_save_and_load_round_trip(tmp_path: Path) -> None:
-    model = tiny_model().eval()
-    model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
-    loaded = FashionBertForPreTraining.from_pretrained(tmp_path).eval()
-    assert isinstance(loaded.config, FashionBertConfig) and loaded.config.patch_scheme == "grid-4"
-    inputs = {
-        k: v
-        for k, v in raw_batch().items()
-        if k in ("input_ids", "attention_mask", "patch_features", "patch_locations")
-    }
-    torch.testing.assert_close(loaded.itm_logits(**inputs), model.itm_logits(**inputs))
-    assert loaded.mlm_head.predictions.decoder.weight is loaded.vl.embeddings.word_embeddings.weight
-
-
-def test_initialised_from_the_bundled_bert_checkpoint() -> None:
-    path = str(bundled_checkpoint())
-    model = build_model("fashionbert", path, visual_feature_size=D, hidden_size=999)
-    bert = BertModel.from_pretrained(path)
-    assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6  # the checkpoint decides
-    for name, tensor in bert.state_dict().items():
-        ours = model.vl.state_dict()[name]
-        assert torch.equal(ours, tensor), name
-    assert model.mlm_head.predictions.decoder.weight is model.vl.embeddings.word_embeddings.weight
-    with pytest.raises(KbenchError, match="cannot load BERT checkpoint directory"):
-        build_model("fashionbert", str(Path(path).parent), visual_feature_size=D)
