@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trial_args(run)
     _add_limit_arg(run)
     run.add_argument("--resume", action="store_true", help="skip trials that already have a finished result")
+    run.add_argument("--checkpoint", help="evaluate these weights, no pre-training: a directory or runs:/ID/model")
+    run.add_argument(
+        "--no-finetune", dest="finetune", action="store_false", default=None, help="score the pre-trained heads alone"
+    )
     run.set_defaults(handler=cmd_run)
 
     ablate = sub.add_parser("ablate", help="run the paper's Table 4 ablations; print their tables")
@@ -110,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--check", action="store_true", help="compare with the reference (the default)")
     mode.add_argument("--update", action="store_true", help="rewrite the reference with this run's results")
     reproduce.set_defaults(handler=cmd_reproduce)
+
+    export = sub.add_parser("export", help="a trial's pre-trained model as a save_pretrained directory and model card")
+    export.add_argument("source", metavar="RUN_OR_DIR", help="a trial's run id, runs:/ID/model, or a checkpoint dir")
+    export.add_argument("--out", type=Path, required=True, help="the directory to write (replaced if it exists)")
+    _add_tracking_args(export)
+    export.set_defaults(handler=cmd_export)
 
     ls = sub.add_parser("ls", help="list registered models, tasks, datasets, protocols, encoders or profiles")
     ls.add_argument("what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"))
@@ -204,6 +214,8 @@ FLAG_KEYS = {
     "retries": "runtime.retries",
     "pretrain_workers": "pretrain.workers",
     "limit": "data.limit",
+    "checkpoint": "model.checkpoint",
+    "finetune": "finetune",
 }
 
 
@@ -346,6 +358,14 @@ def cmd_reproduce(opts: argparse.Namespace) -> int:
     status, report = reproduce(opts.update)
     print(report)
     return status
+
+
+def cmd_export(opts: argparse.Namespace) -> int:
+    from kbench.engine.tracking import tracking_uri
+    from kbench.report.export import export
+
+    print(export(opts.source, opts.out, tracking_uri(opts.tracking_uri)))
+    return 0
 
 
 def cmd_ls(opts: argparse.Namespace) -> int:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import yaml
 
 from kbench.core.config import Config
 from kbench.core.memory import peak_memory
-from kbench.engine.pretraining import pretrained_model
+from kbench.engine.checkpoints import MODEL_ARTIFACT, given_model, source_of
+from kbench.engine.pretraining import pretrained_model, save_checkpoint
 from kbench.engine.tracking import Tracking, TrialRun, flatten
 from kbench.engine.trial import Trial, TrialSpec, config_key, seed_everything
 from kbench.metrics import paper_sums
@@ -52,18 +55,32 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
             run.set_tags({"data_fingerprint": dataset.fingerprint})
         with measured("features"):
             trial.data("train"), trial.data("test")
+        checkpoint = cfg.model.checkpoint
+        if checkpoint:
+            run.set_tags({"checkpoint": source_of(checkpoint)})
         with measured("prepare"):
-            run.log_metrics(trial.model_cls.prepare(trial.context))
+            if not checkpoint:  # what pre-training needs (alignments, a codebook); given weights need none of it
+                run.log_metrics(trial.model_cls.prepare(trial.context))
         with measured("pretrain"):
-            model, history = pretrained_model(trial)
+            if checkpoint:
+                model, history = given_model(spec.model, checkpoint, tracking.uri, trial.device), []
+            else:
+                model, history = pretrained_model(trial)
+        with tempfile.TemporaryDirectory() as tmp:  # the pre-trained model, loadable as runs:/<run_id>/model
+            save_checkpoint(model, history, Path(tmp))
+            run.log_artifacts(tmp, MODEL_ARTIFACT)
         for epoch, values in enumerate(history, 1):
             run.log_metrics({f"pretrain/{k}": v for k, v in values.items()}, step=epoch)
         metrics: dict[str, float] = {}
-        skipped = [t for t in tasks if not trial.model_cls.generates_text and TASKS.get(t).kind == "captioning"]
+        # Captioning needs an MLM head; classification has no pre-trained head to score without fine-tuning.
+        unscored = {"captioning": not trial.model_cls.generates_text, "classification": not cfg.finetune}
+        skipped = [t for t in tasks if unscored.get(TASKS.get(t).kind)]
         if skipped:  # shown as "–" in the tables, as the paper does for ImageBERT's captioning
             run.set_tags({"skipped_tasks": ",".join(skipped)})
+        if not cfg.finetune:
+            run.set_tags({"finetune": "false"})
         for name in (t for t in tasks if t not in skipped):
-            task = build_task(name, cfg.tasks.get(name, {}))
+            task = build_task(name, task_overrides(cfg, name))
             seed_everything(spec.seed)  # a task's result must not depend on what ran before it (a cached checkpoint)
             with measured(name):
                 result = task.run(trial.context, model)
@@ -81,6 +98,14 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         run.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
         run.log_metrics(memory)
     return metrics
+
+
+def task_overrides(cfg: Config, name: str) -> dict:
+    """The config's ``tasks.<name>`` overrides; without fine-tuning, a recipe of no epochs (the pre-trained heads)."""
+    overrides = cfg.tasks.get(name, {})
+    if cfg.finetune:
+        return overrides
+    return {**overrides, "finetune": {**overrides.get("finetune", {}), "epochs": 0}}
 
 
 @contextmanager

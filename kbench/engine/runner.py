@@ -11,6 +11,7 @@ from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.data import load_dataset
 from kbench.engine.ablations import BLOCKS
+from kbench.engine.checkpoints import check_checkpoints
 from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle
 from kbench.engine.trial import TrialSpec, config_hash, model_options, trial_config
 from kbench.features.encoders import RANDOM_WEIGHTS, build_encoder
@@ -119,6 +120,7 @@ def execute(
     if not specs:
         raise KbenchError("nothing to run: no seeds")
     check_inputs(cfg, specs, tasks)
+    check_checkpoints([(s.model, trial_config(cfg, s)) for s in specs], uri)
     experiment_id = open_experiment(uri, experiment)
     tracking = Tracking(uri, experiment_id)
     keys = {s.label: (s.model, s.variant, config_hash(cfg, s)) for s in specs}

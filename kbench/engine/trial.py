@@ -16,6 +16,7 @@ import kbench
 from kbench.core.config import Config, apply_override, digest, without_scheduling
 from kbench.data import DatasetSplits, load_dataset
 from kbench.data.text import load_tokenizer, tokenize
+from kbench.engine.checkpoints import identity as checkpoint_identity
 from kbench.features.batches import ModelData
 from kbench.features.extraction import Job, load_features
 from kbench.features.patch_features import Patching
@@ -63,6 +64,8 @@ def results_config(base: Config, spec: TrialSpec) -> dict[str, Any]:
     cfg = trial_config(base, spec)
     data = cfg.results_dict()
     data["models"] = resolved_options(cfg, spec.model)
+    if cfg.model.checkpoint:  # the weights evaluated: runs of different checkpoints are never averaged together
+        data["model"]["checkpoint"] = checkpoint_identity(cfg.model.checkpoint)
     return data
 
 
@@ -70,6 +73,7 @@ def model_options(cfg: Config, model: str) -> dict[str, Any]:
     """Keyword arguments of the zoo entry's config class: shared sizes plus ``models.<model>`` options."""
     sizes = dataclasses.asdict(cfg.model)
     sizes.pop("init_from")
+    sizes.pop("checkpoint")
     return {**sizes, **cfg.models.get(model, {})}
 
 

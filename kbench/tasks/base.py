@@ -75,6 +75,8 @@ class Task(ABC):
         ``make_batch(positions, rng)`` builds a batch on the CPU, drawing from a generator of its step alone. With
         ``on_epoch``, ``evaluate()`` runs after every epoch and its metrics go to ``on_epoch``."""
         recipe = recipe or self.recipe
+        if recipe.epochs == 0:  # no fine-tuning: the pre-trained heads as they are (``finetune: false``)
+            return []
         n = len(context.data("train"))
         seed, size = context.seed, recipe.batch_size
         steps_per_epoch = max(1, n // size)
