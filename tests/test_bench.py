@@ -10,6 +10,7 @@ import pytest
 from kbench.commands.cli import main
 
 
+@pytest.mark.slow
 def test_bench_writes_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     assert main(["bench", "--profile", "smoke", "--model", "fashionbert", "--out", str(out)]) == 0
@@ -27,6 +28,7 @@ def test_bench_writes_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert "pairs/s" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_times_kaleido_with_its_collator(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     assert main(["bench", "--profile", "smoke", "--out", str(out)]) == 0  # the default model

@@ -15,6 +15,7 @@ from kbench.engine.pretraining import HISTORY_FILE, pretrained_model
 from kbench.engine.trial import Trial, TrialSpec
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_the_model_is_pre_trained_again(caplog: pytest.LogCaptureFixture) -> None:
     trial = Trial(TrialSpec("oscar", 7), load_config("smoke"))
     model, history = pretrained_model(trial)

@@ -80,12 +80,14 @@ def runs() -> dict:
     return {"first": first, "pid": pid, "scores": scores, "perfect": perfect, "per_item": per_item, "library": library}
 
 
+@pytest.mark.slow
 def test_equals_pycocoevalcap(runs: dict) -> None:
     expected = runs["library"][0]
     assert runs["scores"] == pytest.approx(expected, rel=1e-12, abs=1e-12)
     assert all(v > 1 for v in expected.values())  # every metric sees matches, so equality is informative
 
 
+@pytest.mark.slow
 def test_per_item_scores_equal_pycocoevalcaps_per_image_output(runs: dict) -> None:
     corpus, per_item = runs["per_item"]
     expected = runs["library"][1]
@@ -97,6 +99,7 @@ def test_per_item_scores_equal_pycocoevalcaps_per_image_output(runs: dict) -> No
     assert all(per_item["p2"][m] > 1 for m in expected)  # the values are informative
 
 
+@pytest.mark.slow
 def test_per_item_rouge_and_cider_average_to_the_corpus_scores(runs: dict) -> None:
     corpus, per_item = runs["per_item"]
     for metric in ("ROUGE-L", "CIDEr"):
@@ -105,11 +108,13 @@ def test_per_item_rouge_and_cider_average_to_the_corpus_scores(runs: dict) -> No
     assert sum(s["BLEU-4"] for s in per_item.values()) / len(per_item) != pytest.approx(corpus["BLEU-4"])
 
 
+@pytest.mark.slow
 def test_perfect_candidates(runs: dict) -> None:
     expected = {"BLEU-4": 100, "METEOR": 100, "ROUGE-L": 100, "CIDEr": 1000}  # CIDEr-D: 10 per exact match
     assert runs["perfect"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_meteor_process_is_reused(runs: dict) -> None:
     scorer = meteor_scorer()
     assert scorer is runs["first"] and scorer.meteor_p.pid == runs["pid"] and scorer.meteor_p.poll() is None
@@ -134,6 +139,7 @@ def test_a_failed_meteor_call_drops_the_scorer(monkeypatch: pytest.MonkeyPatch) 
     assert broken.closed and captioning._meteor is None
 
 
+@pytest.mark.slow
 def test_meteor_ignores_a_non_english_jvm_locale(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under a German default locale the library's own command fails; ours scores as in English."""
     gts = {1: ["a black leather jacket with zip"], 2: ["blue denim jeans slim fit"]}

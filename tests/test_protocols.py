@@ -21,6 +21,7 @@ def test_split(tmp_path_factory: pytest.TempPathFactory):
     return read_splits(root, DataConfig(data_dir=str(root)), "synth").test
 
 
+@pytest.mark.slow
 def test_fashionbert_101_lists(test_split) -> None:
     lists = FashionBert101().draw(test_split, "image", queries=60, seed=0)
     meta = test_split.meta
@@ -45,6 +46,7 @@ def test_fashionbert_101_lists(test_split) -> None:
     assert any(lists.topped_up) and not all(lists.topped_up)
 
 
+@pytest.mark.slow
 def test_text_queries_rank_one_image_per_product(test_split) -> None:
     lists = FashionBert101().draw(test_split, "text", queries=10, seed=0)
     meta = test_split.meta.set_index("row")
@@ -54,6 +56,7 @@ def test_text_queries_rank_one_image_per_product(test_split) -> None:
     assert itr.query_products == lists.query_products, "ITR and TIR draw the same query products"
 
 
+@pytest.mark.slow
 def test_lists_are_seeded_cached_and_reused(test_split) -> None:
     protocol = FashionBert101()
     first = protocol.lists(test_split, "image", 25, seed=4)
@@ -70,6 +73,7 @@ def test_lists_are_seeded_cached_and_reused(test_split) -> None:
     assert len(list(cache_dir("protocols").glob("fashionbert-101-v1-image-*-q25-s4.json"))) == 2
 
 
+@pytest.mark.slow
 def test_full_gallery(test_split) -> None:
     lists = PROTOCOLS.get("full")().draw(test_split, "image", queries=5, seed=0)
     n_products = test_split.meta["product_id"].nunique()

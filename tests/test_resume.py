@@ -30,6 +30,7 @@ class Stop(Exception):
     """Stands for the process being killed."""
 
 
+@pytest.mark.slow
 def test_stopped_pretraining_resumes_to_the_uninterrupted_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -59,6 +60,7 @@ def test_stopped_pretraining_resumes_to_the_uninterrupted_weights(
         assert torch.equal(resumed.state_dict()[name], tensor), name
 
 
+@pytest.mark.slow
 def test_a_finished_pretraining_leaves_no_training_state() -> None:
     trial = Trial(TrialSpec("fashionbert", 5), load_config("smoke", ["pretrain.save_every=2"]))
     pretrained_model(trial)

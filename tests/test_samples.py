@@ -83,6 +83,7 @@ def samples(store: dict, model: str, task: str) -> pd.DataFrame:
     return read_samples(store["uri"], store["runs"][model].info.run_id, task)
 
 
+@pytest.mark.slow
 def test_every_task_logs_its_samples_in_the_schema(store: dict) -> None:
     client = MlflowClient(tracking_uri=store["uri"])
     for model in MODELS:
@@ -96,6 +97,7 @@ def test_every_task_logs_its_samples_in_the_schema(store: dict) -> None:
     assert tuple(samples(store, "clip", "tir").columns) == (*RETRIEVAL_FIELDS, "full_rank")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("task", ["itr", "tir"])
 def test_retrieval_samples_reproduce_rank_at_k(store: dict, model: str, task: str) -> None:
@@ -113,6 +115,7 @@ def test_retrieval_samples_reproduce_rank_at_k(store: dict, model: str, task: st
     assert frame["score"].notna().all()
 
 
+@pytest.mark.slow
 def test_query_rows_and_list_ids_follow_the_candidate_lists(store: dict) -> None:
     """Both models ranked the identical lists, so their list ids agree; lists differ from query to query."""
     for task in ("itr", "tir"):
@@ -123,6 +126,7 @@ def test_query_rows_and_list_ids_follow_the_candidate_lists(store: dict) -> None
     assert set(samples(store, "fashionbert", "itr")["list_id"]).isdisjoint(samples(store, "clip", "tir")["list_id"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("task", ["cr", "sub"])
 def test_classification_samples_reproduce_acc_and_both_macro_f(store: dict, model: str, task: str) -> None:
@@ -136,6 +140,7 @@ def test_classification_samples_reproduce_acc_and_both_macro_f(store: dict, mode
     assert p.min() >= 0 and p.max() < num_labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("task", "new_label", "count"), [("sub", NEW_SUBCATEGORY, 2), ("cr", NEW_CATEGORY, 1)])
 def test_labels_unseen_in_training_are_errors_and_named_once(
     store: dict, task: str, new_label: str, count: int
@@ -151,6 +156,7 @@ def test_labels_unseen_in_training_are_errors_and_named_once(
     assert all(new_label in m and f"{count} test examples" in m for m in warnings)
 
 
+@pytest.mark.slow
 def test_caption_samples_reproduce_rouge_and_cider(store: dict) -> None:
     frame, metrics = samples(store, "fashionbert", "fc"), logged(store, "fashionbert", "fc")
     scores = pd.DataFrame(frame["scores"].tolist())
@@ -162,6 +168,7 @@ def test_caption_samples_reproduce_rouge_and_cider(store: dict) -> None:
     assert frame["row"].is_unique and frame["product_id"].is_unique
 
 
+@pytest.mark.slow
 def test_a_run_without_samples_is_one_line(store: dict) -> None:
     with TrialRun(store["tracking"], "before samples", {"model": "old"}) as run:
         run.log_text("config.yaml", "model: old\n")

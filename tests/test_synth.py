@@ -62,6 +62,7 @@ def _both(tiny: Path) -> list[dict[str, list]]:
     return [_columns(tiny / TRAIN_FILE), _columns(tiny / TEST_FILE)]
 
 
+@pytest.mark.slow
 def test_same_config_gives_identical_bytes_another_seed_does_not(tiny: Path, tmp_path: Path) -> None:
     synth.generate(tmp_path / "again", TINY)
     synth.generate(tmp_path / "seed1", SynthConfig(**{**TINY.__dict__, "seed": 1}))
@@ -166,6 +167,7 @@ def test_images_show_the_garment_in_its_colour(tiny: Path) -> None:
         assert top_left.min() > 200, "the backdrop is light"
 
 
+@pytest.mark.slow
 def test_class_sizes_are_imbalanced_and_the_hierarchy_consistent(tiny: Path) -> None:
     default = SynthConfig()
     for split, n in (("train", default.products_train), ("test", default.products_test)):

@@ -170,6 +170,7 @@ def keyless(text: str, store: str) -> str:
     return text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_main_table_matches_golden(store: str, fmt: str) -> None:
     text = keyless(build_main(store, "tables", fmt, profile="default", dataset="synth"), store)
@@ -179,6 +180,7 @@ def test_main_table_matches_golden(store: str, fmt: str) -> None:
     assert text == golden.read_text()
 
 
+@pytest.mark.slow
 def test_default_selection_is_the_newest_profile(store: str) -> None:
     smoke = build_main(store, "tables", "csv", profile="smoke")
     assert list(rows_of(smoke)) == ["FashionBERT", "FashionBERT (kbench)"]
@@ -186,6 +188,7 @@ def test_default_selection_is_the_newest_profile(store: str) -> None:
     assert default["FashionBERT (kbench)"][2] == "2"
 
 
+@pytest.mark.slow
 def test_two_configurations_are_never_averaged(store: str) -> None:
     runs = load_runs(store, "tables")
     kaleido = runs[(runs["model"] == "kaleido") & (runs["variant"] == "default")]
@@ -199,6 +202,7 @@ def test_two_configurations_are_never_averaged(store: str) -> None:
     assert note + "(0.001 vs 2e-05); pick one with --config-hash." in text
 
 
+@pytest.mark.slow
 def test_config_hash_picks_a_configuration(store: str) -> None:
     runs = load_runs(store, "tables")
     old = runs[(runs["model"] == "kaleido") & (runs["params"].map(lambda p: p["pretrain.lr"]) == "2e-05")]
@@ -218,6 +222,7 @@ def test_config_hash_picks_a_configuration(store: str) -> None:
         build_main(store, "tables", "md", profile="default", config_hash="fff")
 
 
+@pytest.mark.slow
 def test_match_keeps_the_runs_kbench_run_would_make(store: str) -> None:
     old = rows_of(build_main(store, "tables", "csv", match=load_config("default", [OLD_LR])))
     assert list(old) == ["Kaleido-BERT", "Kaleido-BERT (kbench)"] and old["Kaleido-BERT (kbench)"][2] == "2"
@@ -230,6 +235,7 @@ def test_match_keeps_the_runs_kbench_run_would_make(store: str) -> None:
         build_main(store, "tables", "csv", match=load_config("default", ["pretrain.lr=0.5"]))
 
 
+@pytest.mark.slow
 def test_single_seed_cells_carry_a_bootstrap_interval(store: str) -> None:
     runs = load_runs(store, "tables")
     clip = runs[runs["model"] == "clip"].iloc[0]
@@ -242,6 +248,7 @@ def test_single_seed_cells_carry_a_bootstrap_interval(store: str) -> None:
     assert float(row[4 + 2 * 6]) == pytest.approx(sum(sums_r))
 
 
+@pytest.mark.slow
 def test_runs_without_per_sample_records_have_no_interval(store: str) -> None:
     text = build_main(store, "tables", "md", profile="default", dataset="synth")
     row = next(line for line in text.splitlines() if line.startswith("| ViLBERT-style (kbench)"))
@@ -260,6 +267,7 @@ def test_labels_mark_kbench_rows_and_stand_ins() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_limited_runs_are_never_mixed_with_full_ones(store: str) -> None:
     full = rows_of(build_main(store, "tables", "csv", profile="default", dataset="synth"))
     assert full["FashionBERT (kbench)"][2] == "2"
@@ -280,6 +288,7 @@ def test_mean_and_interval() -> None:
     assert summarise(pd.Series([4.0])) == (4.0, None, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_ablation_table_matches_golden(store: str, fmt: str) -> None:
     text = build_ablation(store, "tables", "agm", fmt, profile="default", dataset="synth")
@@ -289,6 +298,7 @@ def test_ablation_table_matches_golden(store: str, fmt: str) -> None:
     assert text == golden.read_text()
 
 
+@pytest.mark.slow
 def test_ablation_cells_against_their_definition(store: str) -> None:
     runs = load_runs(store, "tables")
     runs = runs[runs["profile"] == "default"]
@@ -314,6 +324,7 @@ def test_ablation_cells_against_their_definition(store: str) -> None:
         build_ablation(store, "tables", "agn", "md")
 
 
+@pytest.mark.slow
 def test_table_cli_options(store: str, capsys: pytest.CaptureFixture) -> None:
     common = ["table", "--main", "--format", "csv", "--tracking-uri", store, "--experiment", "tables"]
     assert main([*common, "--match", "--set", OLD_LR]) == 0
@@ -337,6 +348,7 @@ def compare_csv(store: str, a: str, b: str) -> pd.DataFrame:
     return pd.read_csv(io.StringIO(compare_runs(store, "tables", a, b, "csv", profile="default", dataset="synth")))
 
 
+@pytest.mark.slow
 def test_compare_identical_runs_differ_by_zero_with_p_one(store: str) -> None:
     runs = load_runs(store, "tables")
     scale_fixed, kaleido = (runs[runs["variant"] == v].iloc[0]["run_id"] for v in ("kpg:scale-fixed", "kpg:kaleido"))
@@ -345,6 +357,7 @@ def test_compare_identical_runs_differ_by_zero_with_p_one(store: str) -> None:
     assert (table["low"] == 0).all() and (table["high"] == 0).all() and not table["significant"].any()
 
 
+@pytest.mark.slow
 def test_compare_states_which_differences_are_significant(store: str) -> None:
     runs = load_runs(store, "tables")
     guided, random = (runs[runs["variant"] == v].sort_values("seed") for v in ("agm:agm", "agm:random"))
@@ -362,6 +375,7 @@ def test_compare_states_which_differences_are_significant(store: str) -> None:
     assert "| SumR " in text and "| yes " in text
 
 
+@pytest.mark.slow
 def test_compare_two_seeds_of_one_model(store: str) -> None:
     runs = load_runs(store, "tables")
     seeds = runs[(runs["model"] == "fashionbert") & (runs["profile"] == "default") & runs["limit"].isna()]
@@ -374,6 +388,7 @@ def test_compare_two_seeds_of_one_model(store: str) -> None:
     assert contains_zero.sum() == 15 and table["significant"].sum() == 1  # seeds 0.4 vs 0.45: SumCAP tells
 
 
+@pytest.mark.slow
 def test_compare_bad_input_is_one_line(store: str, capsys: pytest.CaptureFixture) -> None:
     common = ["--tracking-uri", store, "--experiment", "tables", "--profile", "default"]
     assert main(["compare", "nosuchmodel", "clip", *common]) == 2
