@@ -115,7 +115,7 @@ def evaluate(
     ``config_files``; ``seeds`` is a count (seeds 0..n-1) or the seeds themselves.
     """
     cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
-    task_names = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks))
+    task_names = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks), cfg.runtime.include_paths)
     specs = model_specs(names, _seeds(seeds))
     return _execute(cfg, specs, task_names, "run", tracking_uri, experiment, ray_address, resume)
 
@@ -139,7 +139,8 @@ def ablate(
     cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
     chosen = [b for spec in ([block] if isinstance(block, str) else block) for b in blocks(spec)]
     specs = ablation_specs(names[0], chosen, _seeds(seeds))
-    results = _execute(cfg, specs, parse_tasks("all"), "ablate", tracking_uri, experiment, ray_address, True)
+    tasks = parse_tasks("all", cfg.runtime.include_paths)
+    results = _execute(cfg, specs, tasks, "ablate", tracking_uri, experiment, ray_address, True)
     results.blocks, results.model = tuple(dict.fromkeys(chosen)), names[0]
     return results
 

@@ -154,6 +154,9 @@ class RuntimeConfig:
     # Processes building batches ahead of the step; 0 builds them in the training loop's thread, which is faster on a
     # CPU, whose cores the step's kernels already use (a worker cost 7 % of a default-profile step on 2 cores).
     loader_workers: int = 0
+    # Directories of the user's task cards (--include-path), registered beside the shipped ones in the driver and in
+    # every trial's process; absolute once resolved. Which cards exist changes no result: each card is versioned.
+    include_paths: list[str] = field(default_factory=list)
 
 
 # Settings that change where and how fast work runs, never its results: left out of every hash.
@@ -163,6 +166,7 @@ SCHEDULING = (
     "runtime.cpus_per_worker",
     "runtime.retries",
     "runtime.loader_workers",
+    "runtime.include_paths",
     "features.workers",
     "pretrain.save_every",
 )
@@ -242,6 +246,7 @@ def load_config(
     if cfg.data.limit is not None and cfg.data.limit < 1:
         raise KbenchError(f"--limit must be at least 1 product, got {cfg.data.limit}")
     check_epoch_unit(cfg.pretrain)
+    cfg.runtime.include_paths = [str(Path(p).expanduser().resolve()) for p in cfg.runtime.include_paths]
     return cfg
 
 
@@ -359,6 +364,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise KbenchError(f"bad value {value!r} for {key}: expected a section")
         return _build(hint, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise KbenchError(f"bad value {value!r} for {key}: expected a list")
+        return [_coerce(item, typing.get_args(hint)[0], key) for item in value]
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
             raise KbenchError(f"bad value {value!r} for {key}: expected a mapping")

@@ -24,8 +24,8 @@ class Registry(Generic[T]):
     Registered objects must be subclasses (or instances) of ``base``; duplicate names are refused and
     unknown names are answered with the closest known ones. ``discover``, when given, runs once before the first
     lookup: it imports the modules whose decorators register the built-in entries and any plug-ins. With
-    ``importable``, a name of the form ``"module:attr"`` needs no registration: it is registered under that name
-    on first use (so that any process that can import the module, a Ray worker too, resolves it alike).
+    ``importable``, a name of the form ``"module:attr"`` needs no registration: it is imported on first use (so that
+    any process that can import the module, a Ray worker too, resolves it alike), and not listed in ``names``.
     """
 
     def __init__(
@@ -39,6 +39,7 @@ class Registry(Generic[T]):
         self.base = base
         self.importable = importable
         self._entries: dict[str, _Entry] = {}
+        self._imported: dict[str, _Entry] = {}  # "module:attr" names resolved without registration
         self._discover = discover
 
     def _discovered(self) -> None:
@@ -68,21 +69,21 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The object registered as ``name``, importing it first if it was registered lazily."""
         self._discovered()
-        if name not in self._entries and self.importable and ":" in name:
-            self._entries[name] = _Entry(name, "")
+        if name in self._entries:
+            return self._load(self._entries, name)
+        if self.importable and ":" in name:
+            self._imported.setdefault(name, _Entry(name, ""))
             try:
-                return self._load(name)
+                return self._load(self._imported, name)
             except KbenchError:
-                del self._entries[name]
+                del self._imported[name]
                 raise
-        if name not in self._entries:
-            raise unknown_choice(self.kind, name, self.names(), n=3, cutoff=0.5)
-        return self._load(name)
+        raise unknown_choice(self.kind, name, self.names(), n=3, cutoff=0.5)
 
-    def _load(self, name: str) -> T:
-        """The object of entry ``name``, imported first if it is a lazy ``"module:attr"``; a KbenchError in one
+    def _load(self, entries: dict[str, _Entry], name: str) -> T:
+        """The object of ``entries[name]``, imported first if it is a lazy ``"module:attr"``; a KbenchError in one
         line when that fails (a plug-in that cannot be imported, or of the wrong type)."""
-        path = self._entries[name].target
+        path = entries[name].target
         if not isinstance(path, str):
             return path  # type: ignore[return-value]
         where = f"{self.kind} {name!r}" + ("" if path == name else f" ({path})")
@@ -95,7 +96,7 @@ class Registry(Generic[T]):
             raise KbenchError(f"{where} cannot be loaded: {type(exc).__name__}: {_first_line(str(exc))}") from None
         if not self._fits(target):
             raise KbenchError(f"{where} is not a {self.base.__name__} subclass: {target!r}")  # type: ignore[union-attr]
-        entry = self._entries[name]  # the import may have registered the object itself, by decorator
+        entry = entries[name]  # the import may have registered the object itself, by decorator
         entry.target = target
         entry.description = entry.description or _first_line(target.__doc__)
         return target
@@ -103,7 +104,7 @@ class Registry(Generic[T]):
     def describe(self, name: str) -> str:
         """The one-line description of ``name`` (loading a lazy entry to read its docstring)."""
         self.get(name)
-        return self._entries[name].description
+        return (self._entries.get(name) or self._imported[name]).description
 
     def names(self) -> list[str]:
         self._discovered()

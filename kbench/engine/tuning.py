@@ -35,7 +35,7 @@ from kbench.engine.tracking import (
     parent_run,
 )
 from kbench.engine.trial import TrialSpec, seed_everything
-from kbench.tasks import build_task
+from kbench.tasks import build_task, include_cards
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def tune_recipe(
         raise KbenchError("kbench tune searches one task's recipe at a time: --task itr, tir, cr, sub or fc")
     if samples < 1:
         raise KbenchError("--samples must be at least 1")
+    include_cards(cfg.runtime.include_paths)
     task = build_task(task_name, cfg.tasks.get(task_name, {}))
     spec = TrialSpec(model, seed)
     check_inputs(cfg, [spec], [task_name])

@@ -57,6 +57,8 @@ class VLPreTrainedModel(PreTrainedModel):
     # Pre-trains on mismatched pairs too (ITM negatives at pretrain.itm_negative_rate); an entry whose pre-training
     # has no matching objective (VL-BERT, CLIP) sees matched pairs only, so no pair is drawn just to go unscored.
     pretrains_on_mismatches: ClassVar[bool] = True
+    # The row name in kbench's tables, as "<display_name> (kbench)"; empty: the name the entry is run under.
+    display_name: ClassVar[str] = ""
 
     def _init_weights(self, module: nn.Module) -> None:
         """BERT's initialisation, including the buffers ``from_pretrained`` leaves to it."""

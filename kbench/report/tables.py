@@ -25,6 +25,7 @@ from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.engine.ablations import BLOCKS, blocks
 from kbench.metrics import significance
+from kbench.models.zoo import MODELS
 from kbench.report.selection import Selection, select
 
 FORMATS = ("md", "latex", "csv", "html")
@@ -146,10 +147,20 @@ Cell = tuple[float | None, float | None]  # (value, 95 % half-width or None)
 
 
 def label(model: str) -> str:
-    """Our row's name: the paper's model name with "(kbench)", "-style" for detector-free stand-ins."""
-    if model not in PAPER_ROWS:
-        return f"{OTHER_ROWS.get(model, model)} (kbench)"
-    return f"{PAPER_ROWS[model]}{'-style' if model in DETECTOR_FREE else ''} (kbench)"
+    """Our row's name: the paper's model name with "(kbench)", "-style" for detector-free stand-ins; another
+    entry's ``display_name``, else the name it ran under (the class of a ``package.module:Class`` name)."""
+    if model in PAPER_ROWS:
+        return f"{PAPER_ROWS[model]}{'-style' if model in DETECTOR_FREE else ''} (kbench)"
+    return f"{OTHER_ROWS.get(model) or display_name(model)} (kbench)"
+
+
+def display_name(model: str) -> str:
+    """A zoo entry's ``display_name`` where it sets one and can be loaded here, else its name."""
+    try:
+        name = MODELS.get(model).display_name
+    except KbenchError:  # a plug-in this process cannot import: the runs still have a row
+        name = ""
+    return name or model.rpartition(":")[2]
 
 
 class Samples:

@@ -40,16 +40,25 @@ _CARD_FIELDS = {f.name for f in dataclasses.fields(TaskCard)} - {"options"}
 
 def load_cards() -> dict[str, TaskCard]:
     """Every card shipped in ``tasks/`` (installed as the ``kbench.cards`` package), by task name."""
-    cards = {}
-    for entry in sorted(resources.files("kbench.cards").iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".yaml"):
-            continue
-        data = yaml.safe_load(entry.read_text())
-        missing = _CARD_FIELDS - set(data)
-        if missing:
-            raise KbenchError(f"task card {entry.name}: missing {', '.join(sorted(missing))}")
-        options = {k: v for k, v in data.items() if k not in _CARD_FIELDS}
-        fixed = {k: data[k] for k in _CARD_FIELDS}
-        fixed["metrics"] = tuple(fixed["metrics"])
-        cards[data["name"]] = TaskCard(**fixed, options=options)
-    return cards
+    entries = sorted(resources.files("kbench.cards").iterdir(), key=lambda e: e.name)
+    cards = [read_card(e.read_text(), e.name) for e in entries if e.name.endswith(".yaml")]
+    return {card.name: card for card in cards}
+
+
+def read_card(text: str, source: str) -> TaskCard:
+    """The card in YAML ``text``; a KbenchError naming ``source`` (its file) when it is no card."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KbenchError(f"task card {source}: not YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise KbenchError(f"task card {source}: expected a mapping of card fields")
+    missing = _CARD_FIELDS - set(data)
+    if missing:
+        raise KbenchError(f"task card {source}: missing {', '.join(sorted(missing))}")
+    if not isinstance(data["metrics"], list) or data["primary_metric"] not in data["metrics"]:
+        raise KbenchError(f"task card {source}: metrics must be a list that holds primary_metric")
+    options = {k: v for k, v in data.items() if k not in _CARD_FIELDS}
+    fixed = {k: data[k] for k in _CARD_FIELDS}
+    fixed["metrics"] = tuple(fixed["metrics"])
+    return TaskCard(**fixed, options=options)
