@@ -23,6 +23,7 @@ from kbench.features.patch_features import Patching
 from kbench.models.context import TaskContext
 from kbench.models.training import resolve_device
 from kbench.models.zoo import MODELS, option_defaults
+from kbench.tasks import include_cards
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Trial:
         self.spec = spec
         self.base = base
         self.cfg = trial_config(base, spec)
+        include_cards(self.cfg.runtime.include_paths)  # the user's task cards, in a Ray worker's process too
         self.config_hash = config_hash(base, spec)
         self.device = resolve_device(self.cfg.runtime.device)
         self.model_cls = MODELS.get(spec.model)
