@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(run)
     _add_trial_args(run)
     _add_limit_arg(run)
+    _add_include_arg(run)
     run.add_argument("--resume", action="store_true", help="skip trials that already have a finished result")
     run.add_argument("--checkpoint", help="evaluate these weights, no pre-training: a directory or runs:/ID/model")
     run.add_argument(
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(ablate)
     _add_trial_args(ablate)
     _add_limit_arg(ablate)
+    _add_include_arg(ablate)
     ablate.set_defaults(handler=cmd_ablate)
 
     tune = sub.add_parser("tune", help="search a task's fine-tuning recipe with ASHA on the dev split")
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=0, help="seed of the pre-training, the fine-tuning and the search")
     _add_resource_args(tune)
     _add_limit_arg(tune)
+    _add_include_arg(tune)
     tune.set_defaults(handler=cmd_tune)
 
     table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
@@ -183,6 +186,15 @@ def _add_trial_args(parser: argparse.ArgumentParser) -> None:
     _add_resource_args(parser)
 
 
+def _add_include_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--include-path",
+        action="append",
+        metavar="DIR",
+        help="also register the task cards (*.yaml) in DIR; repeatable; run them by name (--task itr,mytask)",
+    )
+
+
 def _add_limit_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit",
@@ -214,6 +226,7 @@ FLAG_KEYS = {
     "retries": "runtime.retries",
     "pretrain_workers": "pretrain.workers",
     "limit": "data.limit",
+    "include_path": "runtime.include_paths",
     "checkpoint": "model.checkpoint",
     "finetune": "finetune",
 }
