@@ -26,6 +26,7 @@ def test_search_space_is_centred_on_the_recipe() -> None:
     assert list(search_space(OptimConfig(batch_size=8, epochs=1))["epochs"].categories) == [1, 2]
 
 
+@pytest.mark.slow
 def test_dev_evaluation_after_each_epoch_matches_the_final_one() -> None:
     """The hook sees the dev split's metrics after every epoch; the last ones are the task's result on dev."""
     cfg = load_config("smoke", ["tasks.cr.finetune.epochs=3"])
