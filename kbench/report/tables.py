@@ -10,6 +10,7 @@ randomization test over items and seeds.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -25,6 +26,7 @@ from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.engine.ablations import BLOCKS, blocks
 from kbench.metrics import significance
+from kbench.metrics.sums import PAPER_TASKS
 from kbench.models.zoo import MODELS
 from kbench.report.selection import Selection, select
 
@@ -201,7 +203,8 @@ def interval(runs: pd.DataFrame, metric: str, samples: Samples) -> tuple[float, 
 
 
 def main_tables(runs: pd.DataFrame, samples: Samples) -> list[tuple[str, list[Column], list[dict]]]:
-    """Tables 2 and 3: for each of our models, the paper's row (when the paper has one) then ours."""
+    """Tables 2 and 3: for each of our models, the paper's row (when the paper has one) then ours; then, where runs
+    ran tasks beyond the paper's five, their metrics by model (``OTHER_TASKS``)."""
     order = list(PAPER_ROWS)
     runs = runs[runs["variant"] == "default"]  # ablation variants have their own tables
     models = sorted(runs["model"].unique(), key=lambda m: (order.index(m) if m in order else len(order), m))
@@ -214,16 +217,40 @@ def main_tables(runs: pd.DataFrame, samples: Samples) -> list[tuple[str, list[Co
             if name in paper:
                 cells = {c.header: (paper[name][c.paper], None) for c in columns}
                 rows.append({"model": name, "source": "paper", "seeds": "", "interval": "", **cells})
-            mine = runs[runs["model"] == model]
-            found = {c.header: interval(mine, c.metric, samples) for c in columns}
-            kinds = {kind for *_, kind in found.values() if kind}
-            kind = " and ".join(sorted(kinds)) if kinds else "n/a"
-            cells = {h: (value, half) for h, (value, half, _, _) in found.items()}
-            rows.append(
-                {"model": label(model), "source": "kbench", "seeds": str(len(mine)), "interval": kind, **cells}
-            )
+            rows.append(_ours(runs[runs["model"] == model], model, columns, samples))
         out.append((title, list(columns), rows))
+    if columns := other_columns(runs):
+        rows = [_ours(runs[runs["model"] == model], model, columns, samples) for model in models]
+        out.append((OTHER_TASKS, columns, rows))
     return out
+
+
+OTHER_TASKS = "Other tasks"  # the metrics of tasks beyond the paper's five (the user's cards), by model
+
+
+def other_columns(runs: pd.DataFrame) -> list[Column]:
+    """A column per logged metric of each task the runs ran beyond the paper's five (their ``tasks`` tags), in the
+    order of its card where this process knows the card, else by name; fine-tuning curves left out."""
+    from kbench.tasks import TASKS
+
+    named = {t for tags in runs.get("tasks", pd.Series(dtype=str)).dropna() for t in tags.split(",")}
+    columns = []
+    for task in sorted(named - set(PAPER_TASKS)):
+        logged = sorted(c.split("/", 1)[1] for c in runs.columns if c.startswith(f"{task}/"))
+        logged = [m for m in logged if not m.startswith("finetune_")]
+        card = list(TASKS.get(task).metrics) if task in TASKS else []
+        names = [m for m in card if m in logged] + [m for m in logged if m not in card]
+        columns += [Column(f"{task} {m}", f"{task}/{m}", "") for m in names]
+    return columns
+
+
+def _ours(mine: pd.DataFrame, model: str, columns: Sequence[Column], samples: Samples) -> dict:
+    """Our row of ``model`` (its runs ``mine``): a cell per column, the seeds and the kind of interval."""
+    found = {c.header: interval(mine, c.metric, samples) for c in columns}
+    kinds = {kind for *_, kind in found.values() if kind}
+    kind = " and ".join(sorted(kinds)) if kinds else "n/a"
+    cells = {h: (value, half) for h, (value, half, _, _) in found.items()}
+    return {"model": label(model), "source": "kbench", "seeds": str(len(mine)), "interval": kind, **cells}
 
 
 def _fmt(cell: Cell, column: Column) -> str:
@@ -241,8 +268,12 @@ def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption
     """Markdown or LaTeX (booktabs) text of ``tables``, or one CSV with a value and a CI column per metric."""
     if fmt == "csv":
         frames = []
-        for i, (_, columns, rows) in enumerate(tables):
+        lines = [(r["model"], r["source"]) for r in tables[0][2]]
+        for i, (title, columns, rows) in enumerate(tables):
             data = {k: [r[k] for r in rows] for k in IDENTITY} if i == 0 else {}
+            if title == OTHER_TASKS:  # our rows only: each on its model's line
+                of = {(r["model"], r["source"]): r for r in rows}
+                rows = [of.get(line, {c.header: (None, None) for c in columns}) for line in lines]
             for c in columns:
                 data[c.header] = [r[c.header][0] for r in rows]
                 data[f"{c.header} CI95"] = [r[c.header][1] for r in rows]
