@@ -324,10 +324,11 @@ def test_scale_fixed_has_no_level_tasks_and_options_are_checked() -> None:
     assert config.patch_scheme == "grid-8" and config.pretext_tasks == ()
     assert KaleidoBertForPreTraining.patching(config) == Patching(get_scheme("grid-8"))  # the baselines' store
     full = KaleidoBertForPreTraining.patching(KaleidoBertConfig())
-    assert full.scheme is KALEIDO and full.saliency == "border-contrast" and full.akpm_views
+    assert full.scheme is KALEIDO and full.detector.name == "border-contrast"
+    assert [view.name for view in full.views] == ["rotated", "grey"]
     # every AKPM variant reads the one training store, views included
     assert KaleidoBertForPreTraining.patching(KaleidoBertConfig(akpm="B")) == full
-    assert kpg_patching("kaleido", "border-contrast", False).saliency is None
+    assert kpg_patching("kaleido", "border-contrast", False).detector is None
     check_options("kaleido", {"kpg": "kaleido", "akpm": "B+V", "agm": "random"})
     for options, message in (
         ({"kpg": "kaleidoscope"}, "unknown kpg"),

@@ -21,11 +21,13 @@ from kbench.core.errors import KbenchError
 from kbench.core.paths import cache_dir
 from kbench.data.fashiongen import read_splits
 from kbench.engine.launch import ray_temp_dir
+from kbench.features import extraction
 from kbench.features.encoders import ENCODERS, IMAGENET_MEAN, IMAGENET_STD, ResNet50, SmallCNN, build_encoder
 from kbench.features.extraction import extract_with_ray, load_features
-from kbench.features.patch_features import Patching, extraction, store_root
+from kbench.features.patch_features import Patching, store_root
 from kbench.features.patches import KALEIDO, get_scheme, locations
 from kbench.features.store import ArraySpec, ShardedStore
+from kbench.models.kaleido.kpg import kpg_patching
 
 
 def test_kaleido_has_55_row_major_cells_with_integer_bounds() -> None:
@@ -151,7 +153,7 @@ def test_killed_extraction_resumes_to_the_uninterrupted_store(
     """``kill -9`` in the middle of a shard: the rerun drops the half-written shard, keeps the committed ones and
     ends with the same bytes as an extraction that was never interrupted."""
     patching, cfg = (
-        Patching(KALEIDO, saliency="border-contrast", akpm_views=True),
+        kpg_patching("kaleido+sod", "border-contrast", akpm_views=True),
         FeatureConfig(batch_size=2, shard_rows=4),
     )
     script = tmp_path / "extract.py"
@@ -183,9 +185,8 @@ import torch
 from kbench.core.config import DataConfig, FeatureConfig
 from kbench.data.fashiongen import read_splits
 from kbench.features.extraction import load_features
-from kbench.features.patch_features import Patching
-from kbench.features.patches import KALEIDO
 from kbench.features.store import ShardWriter
+from kbench.models.kaleido.kpg import kpg_patching
 
 append, calls = ShardWriter.append, []
 def stuck(self, batch):  # the fifth batch is the first of the third shard: stop inside it, after writing it
@@ -196,7 +197,7 @@ def stuck(self, batch):  # the fifth batch is the first of the third shard: stop
         time.sleep(600)
 ShardWriter.append = stuck
 data = read_splits({data!r}, DataConfig(dataset="fashiongen", data_dir={data!r}), "fashiongen")
-patching = Patching(KALEIDO, saliency="border-contrast", akpm_views=True)
+patching = kpg_patching("kaleido+sod", "border-contrast", akpm_views=True)
 load_features(data.train, patching, FeatureConfig(batch_size=2, shard_rows=4), torch.device("cpu"))
 """
 
@@ -214,7 +215,7 @@ def test_one_and_two_ray_workers_write_the_same_store(
     import ray
 
     data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
-    patching = Patching(KALEIDO, saliency="border-contrast", akpm_views=True)
+    patching = kpg_patching("kaleido+sod", "border-contrast", akpm_views=True)
     runtime = RuntimeConfig(device="cpu", cpus_per_trial=1)
     stores = {}
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, _temp_dir=ray_temp_dir())
@@ -248,7 +249,7 @@ def crop_features(
 
 def test_locked_kaleido_store_with_akpm_views(tiny_fashiongen: Path) -> None:
     data = read_splits(tiny_fashiongen, DataConfig(dataset="fashiongen", data_dir=str(tiny_fashiongen)), "fashiongen")
-    patching = Patching(KALEIDO, saliency="border-contrast", akpm_views=True)
+    patching = kpg_patching("kaleido+sod", "border-contrast", akpm_views=True)
     feats = load_features(data.test, patching, FeatureConfig(batch_size=4), torch.device("cpu"))
     assert set(feats.views) == {"rotated", "grey"} and "locked" in feats.name
     positions = np.array([2, 5])

@@ -21,6 +21,7 @@ from tabulate import tabulate
 from transformers import BertConfig, BertModel
 
 from kbench.core.config import Config
+from kbench.core.device import autocast, resolve_device
 from kbench.core.paths import atomic_path
 from kbench.data.splits import Split
 from kbench.data.text import TokenizedText, load_tokenizer
@@ -30,7 +31,6 @@ from kbench.features.patch_features import Patching, encode_patches, features_fr
 from kbench.models.context import PretrainingContext
 from kbench.models.kaleido.aag import Alignments
 from kbench.models.kaleido.preparation import ALIGNMENTS
-from kbench.models.training import autocast, resolve_device
 from kbench.models.zoo import MODELS, build_model
 
 WARMUP, REPEATS = 2, 5

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 from kbench.core.config import Config
+from kbench.core.device import cpu_has_bf16, resolve_device
 from kbench.core.errors import KbenchError
 from kbench.data import load_dataset
 from kbench.engine.ablations import BLOCKS
@@ -15,8 +16,6 @@ from kbench.engine.checkpoints import check_checkpoints
 from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle
 from kbench.engine.trial import TrialSpec, config_hash, model_options, trial_config
 from kbench.features.encoders import RANDOM_WEIGHTS, build_encoder
-from kbench.models.kaleido.saliency import build_detector
-from kbench.models.training import cpu_has_bf16, resolve_device
 from kbench.models.zoo import MODELS, NO_INIT, bert_config, check_options
 from kbench.tasks import build_task
 
@@ -43,9 +42,7 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
         options = model_options(variant, spec.model)
         check_options(spec.model, options)
         model_cls = MODELS.get(spec.model)
-        patching = model_cls.patching(model_cls.config_class(**options))  # the config class checks the values
-        if patching.saliency:
-            build_detector(patching.saliency)
+        model_cls.patching(model_cls.config_class(**options))  # the config class checks values, patching builds
     pretrain = cfg.pretrain
     if pretrain.workers < 1 or pretrain.batch_size % pretrain.workers:
         raise KbenchError(

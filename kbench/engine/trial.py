@@ -14,6 +14,7 @@ import torch
 
 import kbench
 from kbench.core.config import Config, apply_override, digest, without_scheduling
+from kbench.core.device import resolve_device
 from kbench.data import DatasetSplits, load_dataset
 from kbench.data.text import load_tokenizer, tokenize
 from kbench.engine.checkpoints import identity as checkpoint_identity
@@ -21,7 +22,6 @@ from kbench.features.batches import ModelData
 from kbench.features.extraction import Job, load_features
 from kbench.features.patch_features import Patching
 from kbench.models.context import TaskContext
-from kbench.models.training import resolve_device
 from kbench.models.zoo import MODELS, option_defaults
 from kbench.tasks import include_cards
 

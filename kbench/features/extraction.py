@@ -23,6 +23,7 @@ import torch
 from filelock import FileLock
 
 from kbench.core.config import FeatureConfig, RuntimeConfig
+from kbench.core.device import resolve_device
 from kbench.core.errors import KbenchError
 from kbench.core.memory import peak_rss_mb, reset_peak
 from kbench.core.paths import cache_dir
@@ -36,17 +37,14 @@ from kbench.features.patch_features import (
     PATCHES,
     PatchFeatures,
     Patching,
-    akpm_view_slices,
     cut,
     encode_crops,
     lock,
     store_layout,
     store_root,
-    view_crops,
 )
 from kbench.features.patches import locations
 from kbench.features.store import ShardedStore
-from kbench.models.kaleido.saliency import build_detector
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +88,7 @@ def extract_shard(
     advance: Callable[[float], None] = lambda n: None,
 ) -> None:
     """Encode the images of ``shard`` (``rows``: their rows in the data file) and commit it."""
-    detector = build_detector(patching.saliency) if patching.saliency else None
-    scheme = patching.scheme
-    views = akpm_view_slices(scheme) if patching.akpm_views else {}
+    detector, scheme = patching.detector, patching.scheme
     if len(rows) != len(store.shard_span(shard)):
         raise ValueError(f"shard {shard} of {store.name} has {len(store.shard_span(shard))} rows, got {len(rows)}")
     with h5py.File(data_path, "r") as src, store.shard_writer(shard) as writer:
@@ -101,12 +97,12 @@ def extract_shard(
         cells = scheme.boxes((0, 0, width, height))
         for start in range(0, len(rows), cfg.batch_size):
             raw = read_rows(images, rows[start : start + cfg.batch_size])
-            boxes = detector.boxes(raw) if detector else np.tile([0, 0, width, height], (len(raw), 1))
+            boxes = detector.boxes(raw) if detector is not None else np.tile([0, 0, width, height], (len(raw), 1))
             x = torch.from_numpy(raw).to(device).permute(0, 3, 1, 2).float().div_(255)
-            if detector:
+            if detector is not None:
                 x = lock(x, boxes)
             crops = cut(x, cells, cfg.crop_size)
-            encoded = encode_crops(torch.cat([crops, *view_crops(crops, views)], dim=1), encoder).cpu().numpy()
+            encoded = encode_crops(torch.cat([crops, *patching.view_crops(crops)], dim=1), encoder).cpu().numpy()
             cell_locations = [locations(scheme.boxes(tuple(b)), width, height) for b in boxes.tolist()]
             writer.append({PATCHES: encoded, LOCATIONS: np.stack(cell_locations), BOXES: boxes})
             advance(len(raw))
@@ -182,8 +178,6 @@ def _extract_task(
     root: str, shard: int, data_path: str, rows: np.ndarray, patching: Patching, cfg: FeatureConfig, device: str
 ) -> float:
     """One Ray task: extract and commit one shard of the store at ``root``; its peak resident set in MiB."""
-    from kbench.models.training import resolve_device
-
     reset_peak()
     target = resolve_device(device)
     encoder = build_encoder(cfg.encoder, cfg.weights).to(target)

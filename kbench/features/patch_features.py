@@ -3,8 +3,9 @@
 A store holds one split's examples (row ``i`` is the split's example ``i``) for one (patching, encoder), keyed
 by the data file's fingerprint and the split's rows, so that a limited run (``--limit``) and the dev split get
 stores of their own and nothing is extracted that no consumer reads. Each row holds the patch features, and in
-the training split of an entry that asks for them the AKPM views after them, so a training batch is one read per
-row. ``kbench.features.extraction`` writes stores; this module names them, cuts and encodes crops, and reads batches.
+the training split of an entry that declares views (Kaleido-BERT's AKPM) the views after them, so a training
+batch is one read per row. ``kbench.features.extraction`` writes stores; this module names them, cuts and encodes
+crops, and reads batches.
 """
 
 from __future__ import annotations
@@ -21,47 +22,49 @@ from kbench.core.config import FeatureConfig, digest
 from kbench.core.errors import KbenchError
 from kbench.core.paths import cache_dir
 from kbench.data.splits import Split
+from kbench.features.detectors import BoxDetector
 from kbench.features.encoders import IMAGENET_MEAN, IMAGENET_STD, PatchEncoder
 from kbench.features.patches import PatchScheme
 from kbench.features.store import ArraySpec, ShardedStore
+from kbench.features.views import View
 
 # 3: sharded stores, one per split (2: one HDF5 file per data file, no longer read).
 FEATURES_VERSION = 3
-VIEWS = ("rotated", "grey")
 PATCHES, LOCATIONS, BOXES = "patches", "locations", "boxes"
 
 
 @dataclass(frozen=True)
 class Patching:
-    """What a store holds: a patch scheme cut over each image's box, and the extra views AKPM corrupts with.
+    """What a store holds: a patch scheme cut over each image's box, and the extra views it keeps after the patches.
 
-    The box is the whole image, or the object a saliency detector locks (Kaleido-BERT's KPG). With
-    ``akpm_views`` the store also holds the level-1 patch rotated by 90, 180 and 270 degrees and the grey
-    version of every level-4 patch, so that all AKPM corruptions happen in feature space at batch time.
+    The box is the whole image, or the one ``detector`` finds (Kaleido-BERT's KPG locks the garment). The
+    ``views`` (Kaleido-BERT's AKPM corruptions) are encoded in the order given, after each row's patches. A store's
+    key records whether it has views, as it did when only AKPM's existed, not which: a store whose views differ in
+    names or sizes is written anew when read, so entries that declare other views give them names of their own.
     """
 
     scheme: PatchScheme
-    saliency: str | None = None
-    akpm_views: bool = False
+    detector: BoxDetector | None = None
+    views: tuple[View, ...] = ()
+
+    def __post_init__(self) -> None:
+        for view in self.views:
+            if view.level not in self.scheme.levels:
+                grid = f"{view.level}x{view.level}"
+                raise KbenchError(f"view {view.name!r} needs the {grid} grid, which {self.scheme.name} lacks")
 
     @property
     def name(self) -> str:
-        return self.scheme.name + ("-locked" if self.saliency else "")
+        return self.scheme.name + ("-locked" if self.detector is not None else "")
 
     def for_split(self, split: str) -> Patching:
-        """The patching of ``split``'s store: AKPM views are read in pre-training only, so only train has them."""
-        return self if split == "train" else dataclasses.replace(self, akpm_views=False)
+        """The patching of ``split``'s store: the views are read in pre-training only, so only train has them."""
+        return self if split == "train" else dataclasses.replace(self, views=())
 
-
-def akpm_view_slices(scheme: PatchScheme) -> dict[str, tuple[slice, int]]:
-    """The patches each AKPM view is made from (the 1x1 level rotated 3 ways, the 4x4 level greyed) and its size."""
-    levels = dict(zip(scheme.levels, scheme.level_slices(), strict=True))
-    views = {}
-    if 1 in levels:
-        views["rotated"] = (levels[1], 3)
-    if 4 in levels:
-        views["grey"] = (levels[4], 16)
-    return views
+    def view_crops(self, crops: torch.Tensor) -> list[torch.Tensor]:
+        """Each view's crops, made from ``(B, K, 3, S, S)`` crops of the scheme's cells."""
+        levels = dict(zip(self.scheme.levels, self.scheme.level_slices(), strict=True))
+        return [view.transform(crops[:, levels[view.level]]) for view in self.views]
 
 
 def rows_digest(split: Split) -> str:
@@ -76,8 +79,8 @@ def store_root(split: Split, patching: Patching, cfg: FeatureConfig, encoder_id:
         split.file_fingerprint,
         rows_digest(split),
         patching.scheme.name,
-        patching.saliency,
-        patching.akpm_views,
+        patching.detector.name if patching.detector is not None else None,
+        bool(patching.views),
         cfg.encoder,
         encoder_id,
         cfg.crop_size,
@@ -91,10 +94,9 @@ def store_layout(
     """The arrays of a feature store and the description its ``store.json`` records."""
     k = patching.scheme.num_patches
     views, offset = {}, k
-    if patching.akpm_views:
-        for name, (_, count) in akpm_view_slices(patching.scheme).items():
-            views[name] = [offset, offset + count]
-            offset += count
+    for view in patching.views:
+        views[view.name] = [offset, offset + view.size]
+        offset += view.size
     arrays = {
         PATCHES: ArraySpec((offset, encoder.out_dim), "float16"),
         LOCATIONS: ArraySpec((k, 5), "float32"),
@@ -190,22 +192,6 @@ def features_from_arrays(
         with store.shard_writer(shard) as writer:
             writer.append({PATCHES: rows[part], LOCATIONS: locations[part], BOXES: boxes[part]})
     return PatchFeatures(store)
-
-
-LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R BT.601, what PIL's convert("L") uses
-
-
-def view_crops(crops: torch.Tensor, views: dict[str, tuple[slice, int]]) -> list[torch.Tensor]:
-    """The crops of each view: the whole-box crop rotated by 90, 180, 270 degrees; level-4 crops in grey."""
-    out = []
-    for name, (part, _) in views.items():
-        if name == "rotated":
-            whole = crops[:, part][:, 0]
-            out.append(torch.stack([torch.rot90(whole, k, dims=(-2, -1)) for k in (1, 2, 3)], dim=1))
-        else:
-            luma = (crops[:, part] * LUMA.to(crops.device).view(1, 1, 3, 1, 1)).sum(2, keepdim=True)
-            out.append(luma.expand_as(crops[:, part]))
-    return out
 
 
 def lock(x: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,6 +11,7 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from kbench.core.config import OptimConfig
+from kbench.core.device import autocast
 from kbench.core.progress import stage
 from kbench.data.loader import prefetch
 from kbench.features.batches import to_device
@@ -20,30 +19,6 @@ from kbench.models.train_state import TrainState
 
 # A step function returns the loss to minimise and the scalars to log for one batch.
 StepFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast when asked for, on a GPU or on a CPU with bf16 arithmetic (AVX512-BF16, AMX); full precision
-    otherwise: a CPU without it emulates bf16 some 18 times slower than fp32 (BERT-base, measured on AVX2)."""
-    if precision == "bf16" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU does bf16 arithmetic natively (what oneDNN's bf16 kernels need)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def total_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from kbench.core.errors import KbenchError
+from kbench.features.views import View, grey, rotations
 
 PRETEXT_TASKS = ("rr", "jps", "cp", "g2cm", "b2cm")
 ROMAN = ("I", "II", "III", "IV", "V")
@@ -33,6 +34,12 @@ TASK_LEVEL = {"rr": 1, "jps": 2, "cp": 3, "g2cm": 4, "b2cm": 5}
 AKPM_VARIANTS = ("B", "B+I", "B+I~II", "B+I~III", "B+I~IV", "B+I~V", "B+V")
 PERMUTATIONS = torch.tensor(list(itertools.permutations(range(4))))  # (24, 4): label -> slot order
 NUM_ROTATIONS = 4
+# What the training store keeps for the corruptions: the whole box rotated 3 ways (RR) and the 4x4 cells in grey
+# (G2CM), in this order (the stores' layout).
+AKPM_VIEWS = (
+    View("rotated", TASK_LEVEL["rr"], rotations, per_cell=NUM_ROTATIONS - 1),
+    View("grey", TASK_LEVEL["g2cm"], grey),
+)
 
 
 def parse_akpm(spec: str) -> tuple[str, ...]:

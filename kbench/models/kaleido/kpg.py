@@ -10,6 +10,8 @@ from __future__ import annotations
 from kbench.core.errors import unknown_choice
 from kbench.features.patch_features import Patching
 from kbench.features.patches import KALEIDO, get_scheme
+from kbench.models.kaleido.akpm import AKPM_VIEWS
+from kbench.models.kaleido.saliency import build_detector
 
 KPG_VARIANTS = ("scale-fixed", "kaleido", "kaleido+sod")
 SCALE_FIXED_GRID = "grid-8"
@@ -22,9 +24,11 @@ def check_kpg(name: str) -> None:
 
 
 def kpg_patching(name: str, saliency: str, akpm_views: bool) -> Patching:
-    """The feature-store patching of KPG variant ``name``; ``saliency`` names the detector that locks the box.
-    The 8x8 grid has no levels to take AKPM views of, so ``scale-fixed`` shares the baselines' ``grid-8`` store."""
+    """The feature-store patching of KPG variant ``name``; ``saliency`` names the detector that locks the box, and
+    ``akpm_views`` adds the views AKPM corrupts with. The 8x8 grid has no levels to take AKPM views of, so
+    ``scale-fixed`` shares the baselines' ``grid-8`` store."""
     check_kpg(name)
     if name == "scale-fixed":
         return Patching(get_scheme(SCALE_FIXED_GRID))
-    return Patching(KALEIDO, saliency if name == "kaleido+sod" else None, akpm_views)
+    detector = build_detector(saliency) if name == "kaleido+sod" else None
+    return Patching(KALEIDO, detector, AKPM_VIEWS if akpm_views else ())

@@ -2,19 +2,20 @@
 
 Product photos show one garment on a light, nearly uniform studio backdrop, so the default detector reads the
 backdrop's colour off the image border and boxes what differs from it; a pretrained salient-object network can
-take its place as a ``SaliencyDetector`` named ``"package.module:ClassName"``.
+take its place as a ``SaliencyDetector`` named ``"package.module:ClassName"``. Detectors are the features layer's
+``BoxDetector``s: the patching carries the one built here to extraction.
 """
 
 from __future__ import annotations
 
 import importlib
-from abc import ABC, abstractmethod
 
 import numpy as np
 from scipy import ndimage
 
 from kbench.core.errors import KbenchError
 from kbench.core.registry import Registry
+from kbench.features.detectors import BoxDetector
 
 MIN_SIDE = 5  # pixels: the patch generator cuts a 5 x 5 grid with integer boundaries inside every box
 OTSU_BINS = 64
@@ -25,12 +26,8 @@ _FOUR = np.zeros((3, 3, 3), dtype=bool)
 _FOUR[1, 1, :] = _FOUR[1, :, 1] = True
 
 
-class SaliencyDetector(ABC):
-    """Finds the main object of each product photo and returns its pixel box."""
-
-    @abstractmethod
-    def boxes(self, images: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 images -> (B, 4) int64 boxes [x1, y1, x2, y2], exclusive ends, inside the image."""
+class SaliencyDetector(BoxDetector):
+    """Finds the main object of each product photo and returns its pixel box (the base class of plug-ins)."""
 
 
 SALIENCY: Registry[type[SaliencyDetector]] = Registry("saliency detector", base=SaliencyDetector)
@@ -157,9 +154,16 @@ def _fit(box: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def build_detector(name: str) -> SaliencyDetector:
-    """A registered detector, or a plug-in named ``"package.module:ClassName"``, built with its defaults."""
+    """A registered detector, or a plug-in named ``"package.module:ClassName"``, built with its defaults and
+    ``name`` as its name (the feature store's key)."""
+    detector = _detector_class(name)()
+    detector.name = name
+    return detector
+
+
+def _detector_class(name: str) -> type[SaliencyDetector]:
     if ":" not in name:
-        return SALIENCY.get(name)()
+        return SALIENCY.get(name)
     module, _, attr = name.partition(":")
     try:
         cls = getattr(importlib.import_module(module), attr)
@@ -169,7 +173,7 @@ def build_detector(name: str) -> SaliencyDetector:
         raise KbenchError(
             f"saliency detector {name!r} is not a subclass of {SaliencyDetector.__module__}.SaliencyDetector"
         )
-    return cls()
+    return cls
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
