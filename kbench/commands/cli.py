@@ -389,7 +389,11 @@ def cmd_ls(opts: argparse.Namespace) -> int:
     registry = _registry(opts.what)
     width = max(len(n) for n in registry.names())
     for name in registry.names():
-        print(f"{name:<{width}}  {registry.describe(name)}")
+        try:
+            description = registry.describe(name)
+        except KbenchError as exc:  # a broken plug-in is listed with its error, the others still are
+            description = f"(broken) {exc}"
+        print(f"{name:<{width}}  {description}")
     return 0
 
 

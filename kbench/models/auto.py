@@ -7,6 +7,7 @@ import logging
 
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, AutoModelForPreTraining
 
+from kbench.core.errors import KbenchError
 from kbench.models.zoo import MODELS
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,11 @@ def register_auto_classes() -> None:
     the tasks use) with ``AutoModel`` and ``AutoModelForPreTraining``; again-registering is harmless. An entry whose
     ``model_type`` is empty or a transformers type of another config class is left out."""
     for name in MODELS.names():
-        model_cls = MODELS.get(name)
+        try:
+            model_cls = MODELS.get(name)
+        except KbenchError as exc:  # a broken plug-in fails when used, naming itself; import kbench still works
+            log.debug("%s; not registered with AutoConfig", exc)
+            continue
         config_cls = model_cls.config_class
         model_type = config_cls.model_type
         if not model_type or (model_type in CONFIG_MAPPING and CONFIG_MAPPING[model_type] is not config_cls):
