@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kbench.core.config import AlignmentConfig, DataConfig, SynthConfig
+from kbench.core.config import DataConfig, SynthConfig
 from kbench.core.paths import cache_dir
 from kbench.data.fashiongen import read_splits
 from kbench.data.layout import IMAGE_KEY
@@ -20,6 +20,7 @@ from kbench.data.synth import generate
 from kbench.features.encoders import build_encoder
 from kbench.models.kaleido.aag import (
     STOPWORDS,
+    AlignmentConfig,
     Alignments,
     align,
     assign_cells,

@@ -10,6 +10,7 @@ from kbench.core.config import PROFILES, apply_override, digest, load_config
 from kbench.core.errors import KbenchError
 from kbench.core.registry import Registry
 from kbench.engine.trial import TrialSpec, config_hash, resolved_options, trial_config
+from kbench.models.kaleido.model import KaleidoBertConfig
 
 
 def test_profiles_load_and_differ() -> None:
@@ -155,3 +156,21 @@ def test_scheduling_settings_change_no_hash_and_the_limit_does() -> None:
     ):
         assert config_hash(load_config("default", [item]), spec) == plain, item
     assert config_hash(load_config("default", ["data.limit=64"]), spec) != plain
+
+
+def test_aag_settings_are_kaleidos_options_and_hashed_for_kaleido_only() -> None:
+    """``models.kaleido.aag.*`` fills AAG's defaults key by key, reaches Kaleido's hash alone, and is checked."""
+    cfg = load_config("default")
+    plain = {m: config_hash(cfg, TrialSpec(m, 0)) for m in ("kaleido", "fashionbert")}
+    epochs = TrialSpec("kaleido", 0, "aag", ("models.kaleido.aag.epochs=3",))
+    assert resolved_options(trial_config(cfg, epochs), "kaleido")["aag"]["epochs"] == 3
+    assert resolved_options(trial_config(cfg, epochs), "kaleido")["aag"]["crop_size"] == 56
+    assert config_hash(cfg, epochs) != plain["kaleido"]
+    assert config_hash(cfg, TrialSpec("kaleido", 0, "d", ("models.kaleido.aag.crop_size=56",))) == plain["kaleido"]
+    other = TrialSpec("fashionbert", 0, "aag", ("models.kaleido.aag.epochs=3",))
+    assert config_hash(cfg, other) == plain["fashionbert"]
+    assert KaleidoBertConfig(aag={"epochs": 3}).aag["epochs"] == 3.0
+    with pytest.raises(KbenchError, match=r"models.kaleido.aag: unknown key 'epoch'; did you mean epochs"):
+        KaleidoBertConfig(aag={"epoch": 3})
+    with pytest.raises(KbenchError, match=r"bad value 'many' for models.kaleido.aag: epochs"):
+        KaleidoBertConfig(aag={"epochs": "many"})

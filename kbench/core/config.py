@@ -124,22 +124,6 @@ class PretrainConfig(OptimConfig):
 
 
 @dataclass
-class AlignmentConfig:
-    """Kaleido-BERT's alignment generator (AAG): a Show-Attend-and-Tell captioner trained on the train split."""
-
-    crop_size: int = 56  # locked boxes are resized to this before the encoder's feature map (14 x 14 for small-cnn)
-    epochs: float = 6.0
-    batch_size: int = 64
-    lr: float = 2e-3
-    embed_size: int = 128
-    hidden_size: int = 256
-    attention_size: int = 128
-    vocab_min_count: int = 2
-    max_words: int = 32
-    attention_reg: float = 1.0  # weight of the doubly stochastic attention loss
-
-
-@dataclass
 class RuntimeConfig:
     """Where and how trials run. The scheduling fields (``SCHEDULING``) do not change results and are left out
     of the config hash, so a trial resumes whatever resources it is given."""
@@ -182,7 +166,6 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-model options, e.g. models.fashionbert
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    aag: AlignmentConfig = field(default_factory=AlignmentConfig)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-task overrides of the task cards
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     finetune: bool = True  # false scores the pre-trained heads alone (no fine-tuning; CR and SUB are skipped)
@@ -239,7 +222,7 @@ def load_config(
     for path in files:
         data = _merge(data, read_override_file(path))
     where = f"profile {profile}" + "".join(f" + {path}" for path in files)
-    cfg = _build(Config, data, where)
+    cfg = build_section(Config, data, where)
     cfg.profile = profile
     for item in overrides:
         apply_override(cfg, item)
@@ -363,7 +346,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise KbenchError(f"bad value {value!r} for {key}: expected a section")
-        return _build(hint, value, key)
+        return build_section(hint, value, key)
     if origin is list:
         if not isinstance(value, list):
             raise KbenchError(f"bad value {value!r} for {key}: expected a list")
@@ -387,8 +370,9 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint).replace("typing.", ""))
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, refusing unknown keys."""
+def build_section(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, refusing unknown keys and values of the wrong type (named after
+    ``where``); a section of the config, or of a zoo entry's options."""
     if not isinstance(data, dict):
         raise KbenchError(f"{where}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)

@@ -20,7 +20,7 @@ from kbench.core.paths import atomic_dir, cache_dir
 from kbench.data.text import load_tokenizer
 from kbench.features.encoders import build_encoder
 from kbench.models.base import VLPreTrainedModel
-from kbench.models.zoo import MODELS, option_defaults, quiet_transformers
+from kbench.models.zoo import MODELS, quiet_transformers, with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def check_checkpoint(cfg: Config, model: str, tracking_uri: str | None) -> Path:
     path = local_checkpoint(source, tracking_uri)
     config = read_config(path, model)
     model_cls = MODELS.get(model)
-    options = {**option_defaults(model_cls), **cfg.models.get(model, {})}
+    options = with_defaults(model_cls, cfg.models.get(model, {}))
     own = set(options) - set(inspect.signature(BertConfig.__init__).parameters) - {"visual_feature_size"}
     differ = [
         f"{k}={getattr(config, k, None)!r} (config: {options[k]!r})"

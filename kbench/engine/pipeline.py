@@ -60,7 +60,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
             run.set_tags({"checkpoint": source_of(checkpoint)})
         with measured("prepare"):
             if not checkpoint:  # what pre-training needs (alignments, a codebook); given weights need none of it
-                run.log_metrics(trial.model_cls.prepare(trial.context))
+                run.log_metrics(trial.model_cls.prepare(trial.model_config(), trial.context))
         with measured("pretrain"):
             if checkpoint:
                 model, history = given_model(spec.model, checkpoint, tracking.uri, trial.device), []

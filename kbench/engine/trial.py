@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import PreTrainedConfig
 
 import kbench
 from kbench.core.config import Config, apply_override, digest, without_scheduling
@@ -22,7 +23,7 @@ from kbench.features.batches import ModelData
 from kbench.features.extraction import Job, load_features
 from kbench.features.patch_features import Patching
 from kbench.models.context import TaskContext
-from kbench.models.zoo import MODELS, option_defaults
+from kbench.models.zoo import MODELS, with_defaults
 from kbench.tasks import include_cards
 
 
@@ -81,7 +82,7 @@ def model_options(cfg: Config, model: str) -> dict[str, Any]:
 def resolved_options(cfg: Config, model: str) -> dict[str, Any]:
     """``model_options`` with the config class's defaults filled in, so that naming an option's default value
     (as an ablation's reference column does) changes no hash and shares the checkpoint."""
-    return {**option_defaults(MODELS.get(model)), **model_options(cfg, model)}
+    return with_defaults(MODELS.get(model), model_options(cfg, model))
 
 
 def seed_everything(seed: int) -> None:
@@ -124,6 +125,10 @@ class Trial:
         kwargs["visual_feature_size"] = self.data("train").features.dim
         return kwargs
 
+    def model_config(self) -> PreTrainedConfig:
+        """The zoo entry's config as the trial's options and data make it (what its hooks are given)."""
+        return self.model_cls.config_class(**self.model_kwargs())
+
     def data(self, split: str) -> ModelData:
         """The model-ready train, dev or test split (tokenised and encoded once per trial)."""
         if split not in self._data:
@@ -147,7 +152,6 @@ class Trial:
             resolved_options(c, self.spec.model),
             c.model.init_from,
             without_scheduling(dataclasses.asdict(c.pretrain), "pretrain"),
-            dataclasses.asdict(c.aag),
         )
 
     def feature_jobs(self, splits: tuple[str, ...]) -> list[Job]:

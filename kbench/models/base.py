@@ -75,7 +75,7 @@ class VLPreTrainedModel(PreTrainedModel):
         return Patching(get_scheme(config.patch_scheme))
 
     @classmethod
-    def prepare(cls, context: PretrainingContext) -> dict[str, float]:
+    def prepare(cls, config: PreTrainedConfig, context: PretrainingContext) -> dict[str, float]:
         """Build what pre-training needs beyond features (e.g. alignments) and return measurements of it."""
         return {}
 

@@ -13,7 +13,7 @@ import importlib
 import inspect
 import logging
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,6 +157,17 @@ def option_defaults(model_cls: type[VLPreTrainedModel]) -> dict[str, Any]:
         defaults |= {p.name: p.default for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     defaults.pop("self", None)
     return defaults
+
+
+def with_defaults(model_cls: type[VLPreTrainedModel], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with the entry's defaults filled in, those of a mapping option (Kaleido's ``aag``) key by key, so
+    that naming a default changes nothing."""
+    defaults = option_defaults(model_cls)
+    out = {**defaults, **options}
+    for key, default in defaults.items():
+        if isinstance(default, Mapping) and isinstance(out[key], Mapping):
+            out[key] = {**default, **out[key]}
+    return out
 
 
 def option_names(model_cls: type[VLPreTrainedModel]) -> list[str]:

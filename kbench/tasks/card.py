@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from kbench.core.config import OptimConfig, _build
+from kbench.core.config import OptimConfig, build_section
 from kbench.core.errors import KbenchError
 
 
@@ -31,8 +31,8 @@ class TaskCard:
         """The fine-tuning recipe and the kind's options, with a profile's ``tasks.<name>`` overrides applied."""
         overrides = dict(overrides)
         finetune = {**self.finetune, **overrides.pop("finetune", {})}
-        recipe = _build(OptimConfig, finetune, f"tasks.{self.name}.finetune")
-        return recipe, _build(options_cls, {**self.options, **overrides}, f"tasks.{self.name}")
+        recipe = build_section(OptimConfig, finetune, f"tasks.{self.name}.finetune")
+        return recipe, build_section(options_cls, {**self.options, **overrides}, f"tasks.{self.name}")
 
 
 _CARD_FIELDS = {f.name for f in dataclasses.fields(TaskCard)} - {"options"}

@@ -21,7 +21,10 @@ import json
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 import h5py
 import numpy as np
@@ -30,7 +33,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch import nn
 
-from kbench.core.config import AlignmentConfig, digest
+from kbench.core.config import build_section, digest
 from kbench.core.errors import KbenchError
 from kbench.core.paths import atomic_path, cache_dir
 from kbench.core.progress import stage
@@ -56,6 +59,33 @@ STOPWORDS = frozenset(
 SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")  # ids 0..3 of every vocabulary
 PAD_ID, START_ID, END_ID, UNK_ID = range(len(SPECIALS))
 REGIONS_KEY = "synth_attribute_regions"
+
+
+@dataclass
+class AlignmentConfig:
+    """Kaleido-BERT's alignment generator (AAG): a Show-Attend-and-Tell captioner trained on the train split.
+    Set as the ``aag`` option of the model, e.g. ``--set models.kaleido.aag.epochs=3``."""
+
+    crop_size: int = 56  # locked boxes are resized to this before the encoder's feature map (14 x 14 for small-cnn)
+    epochs: float = 6.0
+    batch_size: int = 64
+    lr: float = 2e-3
+    embed_size: int = 128
+    hidden_size: int = 256
+    attention_size: int = 128
+    vocab_min_count: int = 2
+    max_words: int = 32
+    attention_reg: float = 1.0  # weight of the doubly stochastic attention loss
+
+
+AAG_DEFAULTS: Mapping[str, Any] = MappingProxyType(dataclasses.asdict(AlignmentConfig()))
+
+
+def alignment_config(options: Mapping[str, Any]) -> AlignmentConfig:
+    """The AAG settings ``options`` name, the others at their defaults; unknown keys and wrong types refused."""
+    return build_section(
+        AlignmentConfig, dict(options) if isinstance(options, Mapping) else options, "models.kaleido.aag"
+    )
 
 
 @dataclass

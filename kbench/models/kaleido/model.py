@@ -8,6 +8,10 @@ through the level's own LayerNorm. Pre-training sums AMLM, ITM and the AKPM task
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +22,7 @@ from kbench.features.patch_features import Patching
 from kbench.features.patches import KALEIDO, get_scheme
 from kbench.models.base import VLPreTrainingOutput
 from kbench.models.context import PretrainingContext
+from kbench.models.kaleido.aag import AAG_DEFAULTS, alignment_config
 from kbench.models.kaleido.agm import AGM_VARIANTS
 from kbench.models.kaleido.akpm import NUM_ROTATIONS, PERMUTATIONS, TASK_LEVEL, gather_cells, parse_akpm
 from kbench.models.kaleido.collator import KaleidoCollator
@@ -42,6 +47,7 @@ class KaleidoBertConfig(BertConfig):
         mlm_probability: share of text tokens AGM masks (BERT's 15 %).
         max_masked_tokens: most masked tokens per text (the code's 10 ``masked_lm_positions``).
         token_side_probability: chance that AGM masks the word, not the cell, of an aligned pair.
+        aag: the alignment generator's settings (``AlignmentConfig``'s fields; those left out keep their defaults).
         **kwargs: ``BertConfig`` arguments (sizes, dropout, vocabulary); defaults build BERT-base.
     """
 
@@ -58,6 +64,7 @@ class KaleidoBertConfig(BertConfig):
         mlm_probability: float = 0.15,
         max_masked_tokens: int = 10,
         token_side_probability: float = 0.5,
+        aag: Mapping[str, Any] = AAG_DEFAULTS,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -76,6 +83,7 @@ class KaleidoBertConfig(BertConfig):
         self.mlm_probability = mlm_probability
         self.max_masked_tokens = max_masked_tokens
         self.token_side_probability = token_side_probability
+        self.aag = dataclasses.asdict(alignment_config(aag))
 
     @property
     def patch_scheme(self) -> str:
@@ -158,16 +166,16 @@ class KaleidoBertForPreTraining(SingleStreamForPreTraining):
         return kpg_patching(config.kpg, config.saliency, akpm_views=True)
 
     @classmethod
-    def prepare(cls, context: PretrainingContext) -> dict[str, float]:
+    def prepare(cls, config: KaleidoBertConfig, context: PretrainingContext) -> dict[str, float]:
         from kbench.models.kaleido.preparation import prepare
 
-        return prepare(context)
+        return prepare(config, context)
 
     @classmethod
     def pretraining_collator(cls, config: KaleidoBertConfig, context: PretrainingContext) -> KaleidoCollator:
         from kbench.models.kaleido.preparation import alignments
 
-        return KaleidoCollator(config, context.tokenizer, context.data("train"), alignments(context).pairs)
+        return KaleidoCollator(config, context.tokenizer, context.data("train"), alignments(config, context).pairs)
 
     def itm_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, 2) logits; the sigmoid head's one logit ``z`` becomes ``[0, z]``, whose softmax is ``sigmoid(z)``."""

@@ -7,14 +7,25 @@ saliency lock is scored by IoU (``kpg/…``) and the alignments by the precision
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import h5py
 import numpy as np
 
 from kbench.data.layout import IMAGE_KEY
 from kbench.data.splits import Split
 from kbench.models.context import PretrainingContext
-from kbench.models.kaleido.aag import Alignments, load_alignments, read_regions, score_alignments
+from kbench.models.kaleido.aag import (
+    Alignments,
+    alignment_config,
+    load_alignments,
+    read_regions,
+    score_alignments,
+)
 from kbench.models.kaleido.saliency import score_boxes
+
+if TYPE_CHECKING:
+    from kbench.models.kaleido.model import KaleidoBertConfig
 
 GARMENT_BOX_KEY = "synth_garment_box"
 ALIGNMENTS = "aag"  # the alignments' key in the context's cache
@@ -25,8 +36,9 @@ def alignment_levels(context: PretrainingContext) -> tuple[int, ...]:
     return tuple(n for n in context.patching.scheme.levels if n >= 3)
 
 
-def alignments(context: PretrainingContext) -> Alignments:
-    """The AAG alignments of the training split, made once per trial (and cached on disk across trials)."""
+def alignments(config: KaleidoBertConfig, context: PretrainingContext) -> Alignments:
+    """The AAG alignments of the training split, made once per trial (and cached on disk across trials) with the
+    model's ``aag`` settings."""
 
     def make() -> Alignments:
         train = context.data("train")
@@ -38,7 +50,7 @@ def alignments(context: PretrainingContext) -> Alignments:
             alignment_levels(context),
             cfg.features.encoder,
             cfg.features.weights,
-            cfg.aag,
+            alignment_config(config.aag),
             context.device,
             context.seed,
             cfg.runtime.loader_workers,
@@ -47,15 +59,15 @@ def alignments(context: PretrainingContext) -> Alignments:
     return context.cached(ALIGNMENTS, make)
 
 
-def prepare(context: PretrainingContext) -> dict[str, float]:
+def prepare(config: KaleidoBertConfig, context: PretrainingContext) -> dict[str, float]:
     """Make the alignments and measure the saliency lock and the alignments where ground truth exists."""
     train = context.data("train")
     boxes = train.features.example_boxes()
     metrics: dict[str, float] = {}
     truth = garment_boxes(train.split)
-    if context.patching.saliency and truth is not None:
+    if context.patching.detector is not None and truth is not None:
         metrics |= {f"kpg/{k}": v for k, v in score_boxes(boxes, truth, size=image_size(train.split)).items()}
-    aligned = alignments(context)
+    aligned = alignments(config, context)
     metrics["aag/words_per_image"] = float(np.mean([len({word for word, _, _ in p}) for p in aligned.pairs]))
     if aligned.history:
         metrics["aag/caption_loss"] = aligned.history[-1]["loss"]
