@@ -197,7 +197,7 @@ def interval(runs: pd.DataFrame, metric: str, samples: Samples) -> tuple[float, 
         return mean, half, n, T_INTERVAL
     if n == 1:
         run = samples.of(runs[runs[metric].notna()].iloc[0])
-        if significance.has(run, metric):
+        if metric in significance.TERMS and significance.has(run, metric):  # not for a user's task's metrics
             return mean, significance.half_width(significance.bootstrap(run, metric)), n, BOOTSTRAP
     return mean, None, n, None
 
