@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 
 from kbench.core.config import load_config
 from kbench.core.paths import cache_dir
-from kbench.engine.pretraining import HISTORY_FILE, pretrained_model
+from kbench.engine.pretrained import pretrained_model
+from kbench.engine.pretraining import HISTORY_FILE
 from kbench.engine.trial import Trial, TrialSpec
 
 
@@ -27,7 +28,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_pre_trained_again(caplog: p
     save_file(state, weights, metadata={"format": "pt"})
     (path / HISTORY_FILE).write_text(json.dumps([{"stale": 1.0}]))
 
-    with caplog.at_level(logging.WARNING, logger="kbench.engine.pretraining"):
+    with caplog.at_level(logging.WARNING, logger="kbench.engine.pretrained"):
         again, curves = pretrained_model(trial)
     assert "does not fit the model" in caplog.text and "vl.tagger.mean_logits" in caplog.text
     assert curves == history  # pre-trained again, the same run as the first
@@ -36,6 +37,6 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_pre_trained_again(caplog: p
         assert torch.equal(again.state_dict()[name], tensor), name
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="kbench.engine.pretraining"):
+    with caplog.at_level(logging.INFO, logger="kbench.engine.pretrained"):
         pretrained_model(trial)
     assert "reusing pre-trained checkpoint" in caplog.text and "does not fit" not in caplog.text

@@ -18,7 +18,8 @@ from torch import nn
 
 from kbench.core.config import load_config
 from kbench.core.paths import cache_dir
-from kbench.engine.pretraining import pretrain, pretrained_model, training_state
+from kbench.engine.pretrained import pretrained_model
+from kbench.engine.pretraining import pretrain, training_state
 from kbench.engine.trial import Trial, TrialSpec
 from kbench.models.train_state import STATE_FILE, TrainState
 

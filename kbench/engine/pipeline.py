@@ -15,7 +15,8 @@ import yaml
 from kbench.core.config import Config
 from kbench.core.memory import peak_memory
 from kbench.engine.checkpoints import MODEL_ARTIFACT, given_model, source_of
-from kbench.engine.pretraining import pretrained_model, save_checkpoint
+from kbench.engine.pretrained import pretrained_model
+from kbench.engine.pretraining import save_checkpoint
 from kbench.engine.tracking import Tracking, TrialRun, flatten
 from kbench.engine.trial import Trial, TrialSpec, config_key, seed_everything
 from kbench.metrics import paper_sums

@@ -58,7 +58,7 @@ def search_space(recipe: OptimConfig) -> dict[str, Any]:
 
 def _sample(config: dict[str, Any], spec: TrialSpec, base: Config, task: str, tracking: Tracking) -> None:
     """One sample: fine-tune the pre-trained model with the sampled recipe, reporting dev metrics every epoch."""
-    from kbench.engine.pretraining import pretrained_model
+    from kbench.engine.pretrained import pretrained_model
     from kbench.engine.trial import Trial
 
     configure_worker()
