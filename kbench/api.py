@@ -9,6 +9,8 @@ and return a ``Results`` object; the command line is a thin layer over these two
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +21,12 @@ import pandas as pd
 from kbench.core.config import Config, resolve_config
 from kbench.core.errors import KbenchError
 from kbench.engine.ablations import blocks
+from kbench.engine.checkpoints import is_run_uri, model_of, own_options, save_instance
 from kbench.engine.runner import ablation_specs, execute, model_specs, parse_models
 from kbench.engine.tracking import tracking_uri
 from kbench.engine.trial import TrialSpec
 from kbench.models.base import VLPreTrainedModel
+from kbench.models.zoo import MODELS
 from kbench.report.tables import Samples, build_ablation, build_main, interval, load_runs
 from kbench.tasks import parse_tasks
 
@@ -93,9 +97,11 @@ class Results:
 
 
 def evaluate(
-    model: str | Sequence[str] | VLPreTrainedModel = "kaleido",
+    model: str | Sequence[str] | Path | VLPreTrainedModel | None = None,
     tasks: str | Sequence[str] = "all",
     *,
+    checkpoint: str | Path | None = None,
+    finetune: bool = True,
     profile: str = "default",
     overrides: Overrides = (),
     config_files: Sequence[Path] = (),
@@ -109,11 +115,17 @@ def evaluate(
 ) -> Results:
     """Pre-train (or load), fine-tune and evaluate ``model`` on ``tasks``, one Ray Tune trial per (model, seed).
 
-    ``model`` is a zoo entry's name (``"kaleido"``), several (a list, a comma-separated string or ``"all"``),
-    ``"package.module:Class"``, or a model instance, whose weights are then evaluated as a checkpoint would be.
-    ``overrides`` are config keys (``{"pretrain.lr": 1e-4}`` or ``["pretrain.lr=1e-4"]``), applied after
-    ``config_files``; ``seeds`` is a count (seeds 0..n-1) or the seeds themselves.
+    ``model`` is a zoo entry's name (``"kaleido"``, the default), several (a list, a comma-separated string or
+    ``"all"``), ``"package.module:Class"``, a checkpoint (a ``save_pretrained`` directory or
+    ``"runs:/<run_id>/model"``) or a model instance; the weights of a checkpoint or an instance are fine-tuned and
+    evaluated without pre-training (``checkpoint=`` names one, of ``model`` or, without it, of the checkpoint's own
+    entry). ``finetune=False`` scores the pre-trained heads alone. ``overrides`` are config keys
+    (``{"pretrain.lr": 1e-4}`` or ``["pretrain.lr=1e-4"]``), applied after ``config_files``; ``seeds`` is a count
+    (seeds 0..n-1) or the seeds themselves.
     """
+    model, given = _given(model, checkpoint, tracking_uri)
+    extra = [] if finetune else ["finetune=false"]
+    overrides = [*_strings(given), *_strings(overrides), *extra]
     cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
     task_names = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks), cfg.runtime.include_paths)
     specs = model_specs(names, _seeds(seeds))
@@ -136,7 +148,7 @@ def ablate(
 ) -> Results:
     """The paper's Table 4 ablations (``kpg``, ``agm``, ``akpm`` or ``all``) of ``model``: every (variant, seed) is
     a trial through all five tasks; trials that already finished with the same config are not run again."""
-    cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
+    cfg, names = _resolve(model, profile, _strings(overrides), config_files, dataset, data_dir)
     chosen = [b for spec in ([block] if isinstance(block, str) else block) for b in blocks(spec)]
     specs = ablation_specs(names[0], chosen, _seeds(seeds))
     tasks = parse_tasks("all", cfg.runtime.include_paths)
@@ -145,8 +157,43 @@ def ablate(
     return results
 
 
+def _given(
+    model: str | Sequence[str] | Path | VLPreTrainedModel | None, checkpoint: str | Path | None, uri: str | None
+) -> tuple[str | Sequence[str], dict[str, Any]]:
+    """The zoo entry to evaluate and the overrides that point it at given weights: ``checkpoint``, a checkpoint
+    passed as ``model``, or an instance (saved once into the cache); the checkpoint's own options come with it."""
+    if isinstance(model, VLPreTrainedModel):
+        checkpoint, model = save_instance(model), _zoo_name(type(model))
+    elif isinstance(model, Path) or (isinstance(model, str) and (is_run_uri(model) or Path(model).is_dir())):
+        checkpoint, model = model, None
+    if checkpoint is None:
+        return model or "kaleido", {}
+    source, uri = str(checkpoint), tracking_uri(uri)
+    model = model or model_of(source, uri)
+    if not isinstance(model, str) or "," in model or model == "all":
+        raise KbenchError(f"a checkpoint is of one model; got {model!r}")
+    options = {f"models.{model}.{k}": v for k, v in own_options(source, model, uri).items()}
+    return model, {"model.checkpoint": source, **options}
+
+
+def _zoo_name(cls: type[VLPreTrainedModel]) -> str:
+    """The registry's name of a model class, else its ``package.module:Class``."""
+    for name in MODELS.names():
+        with contextlib.suppress(KbenchError):
+            if MODELS.get(name) is cls:
+                return name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _strings(overrides: Overrides) -> list[str]:
+    """Overrides as ``key=value`` strings, whether given as a mapping or already as strings."""
+    if isinstance(overrides, Mapping):
+        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    return list(overrides)
+
+
 def _resolve(
-    model: str | Sequence[str] | VLPreTrainedModel,
+    model: str | Sequence[str],
     profile: str,
     overrides: Overrides,
     config_files: Sequence[Path],
@@ -154,8 +201,6 @@ def _resolve(
     data_dir: str | Path | None,
 ) -> tuple[Config, list[str]]:
     """The resolved config and the zoo names of ``model``."""
-    if isinstance(model, VLPreTrainedModel):
-        raise KbenchError("evaluating a model instance needs checkpoint support; pass its name instead")
     names = parse_models(model if isinstance(model, str) else ",".join(model))
     return resolve_config(profile, overrides, config_files, dataset=dataset, data_dir=data_dir), names
 

@@ -4,6 +4,7 @@ and no module imports itself back through others, whether at the top of a file o
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,19 @@ def test_the_cycle_check_can_fail(tmp_path: Path, cyclic: bool, monkeypatch: pyt
             test_no_import_cycles()
     else:
         test_no_import_cycles()
+
+
+def test_readme_layout_names_every_module() -> None:
+    """The README's layout table lists each package of ``kbench/`` with all its modules, and nothing that is gone."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Layout") :]
+    section = section[: section.index("\n## ", 1)]
+    rows = dict(re.findall(r"^\| `(kbench/[\w/]+/)` \| (.*) \|$", section, re.M))
+    packages = {f"{p.parent.relative_to(REPO)}/" for p in ROOT.rglob("__init__.py")} - {"kbench/"}
+    assert set(rows) == packages, (
+        f"packages without a row: {packages - set(rows)}; rows of no package: {set(rows) - packages}"
+    )
+    for package, text in rows.items():
+        listed = set(re.findall(r"`([a-z_0-9]+)`", text))  # module names; classes are CamelCase
+        modules = {p.stem for p in (REPO / package).glob("*.py") if p.stem != "__init__"}
+        assert listed == modules, f"{package}: unlisted {sorted(modules - listed)}, gone {sorted(listed - modules)}"

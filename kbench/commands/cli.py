@@ -27,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="pre-train, fine-tune and evaluate models on tasks; print the main table")
-    run.add_argument("--model", default="kaleido", help="zoo entries, comma-separated, or all")
+    run.add_argument(
+        "--model",
+        help="zoo entries, comma-separated, all, or package.module:Class (default kaleido, or the checkpoint's)",
+    )
     run.add_argument("--task", default="all", help="tasks (itr,tir,cr,sub,fc), comma-separated, or all")
     _add_config_args(run)
     _add_tracking_args(run)
@@ -227,8 +230,6 @@ FLAG_KEYS = {
     "pretrain_workers": "pretrain.workers",
     "limit": "data.limit",
     "include_path": "runtime.include_paths",
-    "checkpoint": "model.checkpoint",
-    "finetune": "finetune",
 }
 
 
@@ -275,7 +276,8 @@ def _common(opts: argparse.Namespace) -> dict[str, Any]:
 def cmd_run(opts: argparse.Namespace) -> int:
     from kbench.api import evaluate
 
-    print(evaluate(opts.model, opts.task, resume=opts.resume, **_common(opts)).table())
+    given = {"checkpoint": opts.checkpoint, "finetune": opts.finetune is not False}
+    print(evaluate(opts.model, opts.task, resume=opts.resume, **given, **_common(opts)).table())
     return 0
 
 

@@ -8,7 +8,10 @@ import hashlib
 import inspect
 import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import BertConfig, PreTrainedConfig
@@ -20,7 +23,7 @@ from kbench.core.paths import atomic_dir, cache_dir
 from kbench.data.text import load_tokenizer
 from kbench.features.encoders import build_encoder
 from kbench.models.base import VLPreTrainedModel
-from kbench.models.zoo import MODELS, quiet_transformers, with_defaults
+from kbench.models.zoo import MODELS, option_defaults, quiet_transformers, with_defaults
 
 log = logging.getLogger(__name__)
 
@@ -177,4 +180,34 @@ def check_checkpoint(cfg: Config, model: str, tracking_uri: str | None) -> Path:
             raise KbenchError(f"checkpoint {source} has a {what} of {theirs}, the data's is {ours} ({key})")
     load_checkpoint(model, path)
     log.info("evaluating checkpoint %s (%s) without pre-training", source, config.model_type)
+    return path
+
+
+def model_of(source: str, tracking_uri: str | None = None) -> str:
+    """The zoo entry a checkpoint is of, from its config's ``model_type``."""
+    path = local_checkpoint(source, tracking_uri)
+    found = json.loads((path / CONFIG_FILE).read_text()).get("model_type")
+    for name in MODELS.names():
+        if MODELS.get(name).config_class.model_type == found:
+            return name
+    raise KbenchError(f"checkpoint {source} is a {found or 'untyped'} model, of no zoo entry (kbench ls models)")
+
+
+def own_options(source: str, model: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """The checkpoint's values of the entry options that are its own (not BERT's sizes): what a config evaluating
+    it must give (``models.<model>.<option>``)."""
+    config = read_config(local_checkpoint(source, tracking_uri), model)
+    own = set(option_defaults(MODELS.get(model))) - set(inspect.signature(BertConfig.__init__).parameters)
+    return {k: getattr(config, k) for k in sorted(own - {"visual_feature_size"}) if hasattr(config, k)}
+
+
+def save_instance(model: VLPreTrainedModel) -> Path:
+    """A model instance as a checkpoint directory in the cache, named by its weights' digest (saved once)."""
+    with tempfile.TemporaryDirectory(dir=cache_dir("checkpoints")) as tmp:
+        model.save_pretrained(tmp)
+        path = cache_dir("checkpoints", "instances") / weights_digest(Path(tmp) / SAFE_WEIGHTS_NAME)[:16]
+        if not (path / CONFIG_FILE).is_file():
+            with atomic_dir(path) as out:
+                for item in Path(tmp).iterdir():
+                    shutil.move(str(item), out / item.name)
     return path
