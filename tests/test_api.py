@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 import kbench
 from kbench.core.errors import KbenchError
+from kbench.engine.checkpoints import load_checkpoint, local_checkpoint
 
 pytestmark = pytest.mark.slow  # starts Ray
 
@@ -91,3 +92,19 @@ def test_bad_arguments_fail_before_anything_runs(store: str) -> None:
         kbench.evaluate("fashionbert", overrides={"pretrain.lrr": 1.0}, tracking_uri=store)
     with pytest.raises(KbenchError, match="seeds must be at least 1"):
         kbench.evaluate("fashionbert", seeds=0, tracking_uri=store)
+
+
+def test_a_model_instance_or_a_checkpoint_is_evaluated_as_given(results: kbench.Results, store: str) -> None:
+    """The weights of the example's seed-0 trial, passed as an instance and as its logged model, score the fixed
+    candidate lists exactly as that trial's pre-trained head did; nothing is pre-trained."""
+    source = f"runs:/{results.run_ids['fashionbert/seed0']}/model"
+    instance = load_checkpoint("fashionbert", local_checkpoint(source, store))
+    client = MlflowClient(tracking_uri=store)
+    expected = client.get_run(results.run_ids["fashionbert/seed0"]).data.metrics["itr/pretrained_R5"]
+    for given in (instance, source):
+        again = kbench.evaluate(given, tasks="itr", profile="smoke", finetune=False, tracking_uri=store)
+        (run_id,) = again.run_ids.values()
+        run = client.get_run(run_id)
+        assert run.data.tags["kbench.model"] == "fashionbert" and "kbench.checkpoint" in run.data.tags
+        assert not any(k.startswith("pretrain/") for k in run.data.metrics)
+        assert run.data.metrics["itr/pretrained_R5"] == expected == run.data.metrics["itr/R5"]

@@ -66,10 +66,12 @@ def local_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
     from mlflow.exceptions import MlflowException
 
     try:
-        with atomic_dir(path) as tmp:
-            download_artifacts(artifact_uri=source, dst_path=str(tmp), tracking_uri=tracking_uri)
-            if not (tmp / CONFIG_FILE).is_file():
+        with atomic_dir(path) as tmp, tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            local = Path(download_artifacts(artifact_uri=source, dst_path=scratch, tracking_uri=tracking_uri))
+            if not (local / CONFIG_FILE).is_file():
                 raise KbenchError(f"checkpoint {source} holds no logged model (no {CONFIG_FILE})")
+            for item in local.iterdir():  # the artifact directory lands inside dst_path under its own name
+                shutil.move(str(item), tmp / item.name)
     except (MlflowException, OSError) as exc:
         message = getattr(exc, "message", str(exc)).splitlines()[0]
         raise KbenchError(f"cannot download checkpoint {source} from {tracking_uri}: {message}") from None
