@@ -10,7 +10,6 @@ and return a ``Results`` object; the command line is a thin layer over these two
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from kbench.core.config import Config, resolve_config
+from kbench.core.config import Config, override_strings, resolve_config
 from kbench.core.errors import KbenchError
 from kbench.engine.ablations import blocks
 from kbench.engine.checkpoints import is_run_uri, model_of, own_options, save_instance
@@ -125,7 +124,7 @@ def evaluate(
     """
     model, given = _given(model, checkpoint, tracking_uri)
     extra = [] if finetune else ["finetune=false"]
-    overrides = [*_strings(given), *_strings(overrides), *extra]
+    overrides = [*override_strings(given), *override_strings(overrides), *extra]
     cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
     task_names = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks), cfg.runtime.include_paths)
     specs = model_specs(names, _seeds(seeds))
@@ -148,7 +147,7 @@ def ablate(
 ) -> Results:
     """The paper's Table 4 ablations (``kpg``, ``agm``, ``akpm`` or ``all``) of ``model``: every (variant, seed) is
     a trial through all five tasks; trials that already finished with the same config are not run again."""
-    cfg, names = _resolve(model, profile, _strings(overrides), config_files, dataset, data_dir)
+    cfg, names = _resolve(model, profile, override_strings(overrides), config_files, dataset, data_dir)
     chosen = [b for spec in ([block] if isinstance(block, str) else block) for b in blocks(spec)]
     specs = ablation_specs(names[0], chosen, _seeds(seeds))
     tasks = parse_tasks("all", cfg.runtime.include_paths)
@@ -183,13 +182,6 @@ def _zoo_name(cls: type[VLPreTrainedModel]) -> str:
             if MODELS.get(name) is cls:
                 return name
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _strings(overrides: Overrides) -> list[str]:
-    """Overrides as ``key=value`` strings, whether given as a mapping or already as strings."""
-    if isinstance(overrides, Mapping):
-        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
-    return list(overrides)
 
 
 def _resolve(

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 import kbench
-from kbench.core.config import PROFILES, Config, digest, profile_description, resolve_config
+from kbench.core.config import PROFILES, Config, digest, override_strings, profile_description, resolve_config
 from kbench.core.errors import KbenchError
 
 
@@ -233,15 +233,18 @@ FLAG_KEYS = {
 }
 
 
+def _overrides(opts: argparse.Namespace) -> list[str]:
+    """``--set`` overrides, then those of the flags that are shorthands for config keys."""
+    flags = {key: getattr(opts, flag, None) for flag, key in FLAG_KEYS.items()}
+    return [*opts.overrides, *override_strings({key: value for key, value in flags.items() if value is not None})]
+
+
 def config_of(opts: argparse.Namespace) -> Config:
     """The config the options name: the profile with ``--dataset``, ``--data-dir``, ``--config``, ``--set`` and the
     flags that are shorthands for config keys applied."""
-    flags = [
-        f"{key}={getattr(opts, flag)}" for flag, key in FLAG_KEYS.items() if getattr(opts, flag, None) is not None
-    ]
     return resolve_config(
         opts.profile,
-        [*opts.overrides, *flags],
+        _overrides(opts),
         opts.config_files,
         dataset=getattr(opts, "dataset", None),
         data_dir=getattr(opts, "data_dir", None),
@@ -257,12 +260,9 @@ def _seeds(opts: argparse.Namespace) -> list[int]:
 
 def _common(opts: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments ``kbench.evaluate`` and ``kbench.ablate`` take from the shared options."""
-    flags = [
-        f"{key}={getattr(opts, flag)}" for flag, key in FLAG_KEYS.items() if getattr(opts, flag, None) is not None
-    ]
     return {
         "profile": opts.profile,
-        "overrides": [*opts.overrides, *flags],
+        "overrides": _overrides(opts),
         "config_files": opts.config_files,
         "dataset": opts.dataset,
         "data_dir": opts.data_dir,

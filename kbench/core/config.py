@@ -243,11 +243,18 @@ def resolve_config(
 ) -> Config:
     """A profile with a dataset, a data directory, override files and ``key=value`` overrides (strings, or a
     mapping of keys to values) applied, in that order: the config a run, the CLI and the Python API all start from."""
-    if isinstance(overrides, Mapping):
-        overrides = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    overrides = override_strings(overrides)
     first = [f"data.dataset={dataset}"] if dataset else []
     first += [f"data.data_dir={data_dir}"] if data_dir else []
     return load_config(profile, [*first, *overrides], list(files))
+
+
+def override_strings(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
+    """Overrides as ``key=value`` strings: a mapping's values as JSON (which the override parser reads as YAML),
+    strings as given."""
+    if isinstance(overrides, Mapping):
+        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in overrides.items()]
+    return list(overrides)
 
 
 def check_epoch_unit(cfg: PretrainConfig) -> None:
