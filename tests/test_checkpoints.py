@@ -8,6 +8,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from transformers import AutoConfig, AutoModel
+from zoo_inputs import raw_batch
 
 import kbench  # noqa: F401  (registers the zoo's model types with the Auto classes)
 from kbench.commands.cli import main
@@ -15,7 +16,6 @@ from kbench.core.config import load_config
 from kbench.engine.trial import TrialSpec, config_hash
 from kbench.models.zoo import MODELS, build_model
 from kbench.report.export import export
-from tests.zoo_inputs import raw_batch
 
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TINY = {**SIZES, "vocab_size": 200, "visual_feature_size": 24, "patch_scheme": "grid-4"}
