@@ -101,12 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(compare)
     compare.set_defaults(handler=cmd_compare)
 
-    plot = sub.add_parser("plot", help="PNG figures of ablations and pre-training curves from MLflow runs")
+    plot = sub.add_parser("plot", help="figures of ablations and pre-training curves from MLflow runs")
     what = plot.add_mutually_exclusive_group(required=True)
     what.add_argument("--ablation", metavar="BLOCK", help="bars of a Table 4 block (kpg, agm, akpm or all)")
     what.add_argument("--curves", action="store_true", help="pre-training curves of each pretext task (Fig. 7)")
     plot.add_argument("--model", default="kaleido", help="the zoo entry whose runs are plotted")
-    plot.add_argument("--out", type=Path, default=Path("results"), help="directory to write the PNG files to")
+    plot.add_argument(
+        "--out", type=Path, default=Path("kbench-results"), help="directory for the figures (default: %(default)s)"
+    )
+    plot.add_argument(
+        "--format", default="png", choices=("png", "pdf", "svg"), help="png to view, pdf or svg to print (vector)"
+    )
     _add_tracking_args(plot)
     plot.set_defaults(handler=cmd_plot)
 
@@ -354,10 +359,13 @@ def cmd_plot(opts: argparse.Namespace) -> int:
 
     uri = tracking_uri(opts.tracking_uri)
     if opts.curves:
-        paths = plot_curves(uri, opts.experiment, opts.out, opts.model)
+        plots = plot_curves(uri, opts.experiment, opts.out, opts.model, opts.format)
     else:
-        paths = plot_ablation(uri, opts.experiment, opts.ablation, opts.out, opts.model)
-    print("\n".join(str(p) for p in paths))
+        plots = plot_ablation(uri, opts.experiment, opts.ablation, opts.out, opts.model, opts.format)
+    for plot in plots:
+        print(plot.path)
+        if plot.note:
+            print(plot.note, file=sys.stderr)
     return 0
 
 
