@@ -10,8 +10,9 @@ and return a ``Results`` object; the command line is a thin layer over these two
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,11 @@ from kbench.engine.tracking import tracking_uri
 from kbench.engine.trial import TrialSpec
 from kbench.models.base import VLPreTrainedModel
 from kbench.models.zoo import MODELS
+from kbench.report.results_file import output_dir, run_document, write
 from kbench.report.tables import Samples, build_ablation, build_main, interval, load_runs
 from kbench.tasks import parse_tasks
+
+log = logging.getLogger(__name__)
 
 Overrides = Mapping[str, Any] | Sequence[str]
 
@@ -43,6 +47,7 @@ class Results:
     parent_run_id: str | None  # the invocation's parent run; None when every trial had finished before
     blocks: tuple[str, ...] = ()  # the ablation blocks, for an ``ablate`` call
     model: str | None = None  # the ablated model, for an ``ablate`` call
+    invocation: dict[str, Any] = field(default_factory=dict)  # the call's arguments, as its results file records
 
     def runs(self) -> pd.DataFrame:
         """One row per run: its tags (model, variant, seed, config hash...), metrics and params."""
@@ -94,6 +99,24 @@ class Results:
             )
         return build_main(self.tracking_uri, self.experiment, fmt, **selection)
 
+    def save(self, directory: str | Path) -> Path:
+        """Write the results file of these runs (docs/results-file.md) into ``directory``; return its path."""
+        command = "ablate" if self.blocks else "run"
+        document = run_document(
+            command,
+            self.invocation,
+            self.config,
+            self.tracking_uri,
+            self.experiment,
+            self.parent_run_id,
+            self.run_ids,
+            self.to_pandas(),
+            self.runs(),
+        )
+        models = sorted({label.split("/")[0] for label in self.run_ids})
+        stem = f"ablate-{self.model}" if self.blocks else ("+".join(models) if len(models) <= 3 else "models")
+        return write(output_dir(directory), stem, document)
+
 
 def evaluate(
     model: str | Sequence[str] | Path | VLPreTrainedModel | None = None,
@@ -111,6 +134,7 @@ def evaluate(
     experiment: str = "kbench",
     ray_address: str | None = None,
     resume: bool = False,
+    output_path: str | Path | None = None,
 ) -> Results:
     """Pre-train (or load), fine-tune and evaluate ``model`` on ``tasks``, one Ray Tune trial per (model, seed).
 
@@ -120,15 +144,19 @@ def evaluate(
     evaluated without pre-training (``checkpoint=`` names one, of ``model`` or, without it, of the checkpoint's own
     entry). ``finetune=False`` scores the pre-trained heads alone. ``overrides`` are config keys
     (``{"pretrain.lr": 1e-4}`` or ``["pretrain.lr=1e-4"]``), applied after ``config_files``; ``seeds`` is a count
-    (seeds 0..n-1) or the seeds themselves.
+    (seeds 0..n-1) or the seeds themselves. ``output_path`` names a directory to write the results file into.
     """
+    if output_path is not None:
+        output_dir(output_path)
     model, given = _given(model, checkpoint, tracking_uri)
     extra = [] if finetune else ["finetune=false"]
     overrides = [*override_strings(given), *override_strings(overrides), *extra]
     cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
     task_names = parse_tasks(tasks if isinstance(tasks, str) else ",".join(tasks), cfg.runtime.include_paths)
     specs = model_specs(names, _seeds(seeds))
-    return _execute(cfg, specs, task_names, "run", tracking_uri, experiment, ray_address, resume)
+    results = _execute(cfg, specs, task_names, "run", tracking_uri, experiment, ray_address, resume)
+    arguments = {"models": names, "tasks": task_names, "resume": resume}
+    return _finish(results, arguments, profile, overrides, config_files, dataset, data_dir, seeds, output_path)
 
 
 def ablate(
@@ -144,15 +172,47 @@ def ablate(
     tracking_uri: str | None = None,
     experiment: str = "kbench",
     ray_address: str | None = None,
+    output_path: str | Path | None = None,
 ) -> Results:
     """The paper's Table 4 ablations (``kpg``, ``agm``, ``akpm`` or ``all``) of ``model``: every (variant, seed) is
-    a trial through all five tasks; trials that already finished with the same config are not run again."""
-    cfg, names = _resolve(model, profile, override_strings(overrides), config_files, dataset, data_dir)
+    a trial through all five tasks; trials that already finished with the same config are not run again.
+    ``output_path`` names a directory to write the results file into."""
+    if output_path is not None:
+        output_dir(output_path)
+    overrides = override_strings(overrides)
+    cfg, names = _resolve(model, profile, overrides, config_files, dataset, data_dir)
     chosen = [b for spec in ([block] if isinstance(block, str) else block) for b in blocks(spec)]
     specs = ablation_specs(names[0], chosen, _seeds(seeds))
     tasks = parse_tasks("all", cfg.runtime.include_paths)
     results = _execute(cfg, specs, tasks, "ablate", tracking_uri, experiment, ray_address, True)
     results.blocks, results.model = tuple(dict.fromkeys(chosen)), names[0]
+    arguments = {"model": names[0], "blocks": list(results.blocks), "tasks": tasks}
+    return _finish(results, arguments, profile, overrides, config_files, dataset, data_dir, seeds, output_path)
+
+
+def _finish(
+    results: Results,
+    arguments: dict[str, Any],
+    profile: str,
+    overrides: Sequence[str],
+    config_files: Sequence[Path],
+    dataset: str | None,
+    data_dir: str | Path | None,
+    seeds: int | Sequence[int],
+    output_path: str | Path | None,
+) -> Results:
+    """Record the call's arguments on ``results`` and, given ``output_path``, write its results file there."""
+    results.invocation = {
+        **arguments,
+        "profile": profile,
+        "overrides": list(overrides),
+        "config_files": [str(f) for f in config_files],
+        "dataset": dataset,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "seeds": _seeds(seeds),
+    }
+    if output_path is not None:
+        log.info("wrote %s", results.save(output_path))
     return results
 
 

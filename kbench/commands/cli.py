@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trial_args(run)
     _add_limit_arg(run)
     _add_include_arg(run)
+    _add_output_arg(run)
     run.add_argument("--resume", action="store_true", help="skip trials that already have a finished result")
     run.add_argument("--checkpoint", help="evaluate these weights, no pre-training: a directory or runs:/ID/model")
     run.add_argument(
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trial_args(ablate)
     _add_limit_arg(ablate)
     _add_include_arg(ablate)
+    _add_output_arg(ablate)
     ablate.set_defaults(handler=cmd_ablate)
 
     tune = sub.add_parser("tune", help="search a task's fine-tuning recipe with ASHA on the dev split")
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_resource_args(tune)
     _add_limit_arg(tune)
     _add_include_arg(tune)
+    _add_output_arg(tune)
     tune.set_defaults(handler=cmd_tune)
 
     table = sub.add_parser("table", help="rebuild the paper's tables from MLflow runs")
@@ -203,6 +206,16 @@ def _add_include_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_output_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output-path",
+        type=Path,
+        metavar="DIR",
+        help="also write a results file (JSON: config, versions, hashes, metrics, run ids) into DIR; "
+        "see docs/results-file.md",
+    )
+
+
 def _add_limit_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit",
@@ -275,6 +288,7 @@ def _common(opts: argparse.Namespace) -> dict[str, Any]:
         "tracking_uri": opts.tracking_uri,
         "experiment": opts.experiment,
         "ray_address": opts.ray_address,
+        "output_path": opts.output_path,
     }
 
 
@@ -287,10 +301,15 @@ def cmd_run(opts: argparse.Namespace) -> int:
 
 
 def cmd_tune(opts: argparse.Namespace) -> int:
+    import time
+
     from kbench.engine.tracking import tracking_uri
     from kbench.engine.tuning import tune_recipe
+    from kbench.report.results_file import output_dir, save_tune
 
-    cfg = config_of(opts)
+    if opts.output_path:
+        output_dir(opts.output_path)
+    cfg, since = config_of(opts), int(time.time() * 1000)
     uri = tracking_uri(opts.tracking_uri)
     print(
         tune_recipe(
@@ -305,6 +324,11 @@ def cmd_tune(opts: argparse.Namespace) -> int:
             ray_address=opts.ray_address,
         )
     )
+    if opts.output_path:
+        invocation = {"model": opts.model, "task": opts.task, "samples": opts.samples, "seeds": [opts.seed]}
+        invocation |= {"profile": opts.profile, "overrides": _overrides(opts), "dataset": opts.dataset}
+        invocation |= {"config_files": [str(f) for f in opts.config_files], "data_dir": opts.data_dir}
+        print(save_tune(opts.output_path, invocation, cfg, uri, opts.experiment, since))
     return 0
 
 
