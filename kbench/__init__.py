@@ -16,7 +16,3 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [*_API, "__version__"]
-
-from kbench.models.auto import register_auto_classes  # noqa: E402  (after __version__, which the models read)
-
-register_auto_classes()  # AutoConfig and AutoModel load kbench checkpoints after ``import kbench``

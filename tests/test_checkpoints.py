@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from transformers import AutoConfig, AutoModel
 from zoo_inputs import raw_batch
 
-import kbench  # noqa: F401  (registers the zoo's model types with the Auto classes)
+import kbench.models  # noqa: F401  (registers the zoo's model types with the Auto classes)
 from kbench.commands.cli import main
 from kbench.core.config import load_config
 from kbench.engine.trial import TrialSpec, config_hash

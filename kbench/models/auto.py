@@ -1,5 +1,5 @@
-"""transformers' Auto classes for kbench checkpoints: after ``import kbench``, ``AutoConfig`` and ``AutoModel`` load
-a ``save_pretrained`` directory of any zoo entry by its config's ``model_type`` (``kbench-<name>``)."""
+"""transformers' Auto classes for kbench checkpoints: after ``import kbench.models``, ``AutoConfig`` and ``AutoModel``
+load a ``save_pretrained`` directory of any zoo entry by its config's ``model_type`` (``kbench-<name>``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def register_auto_classes() -> None:
     for name in MODELS.names():
         try:
             model_cls = MODELS.get(name)
-        except KbenchError as exc:  # a broken plug-in fails when used, naming itself; import kbench still works
+        except KbenchError as exc:  # a broken plug-in fails when used, naming itself; import kbench.models still works
             log.debug("%s; not registered with AutoConfig", exc)
             continue
         config_cls = model_cls.config_class

@@ -106,7 +106,7 @@ def model_card(name: str, config: dict[str, Any], source: str, run: Any, digest:
         "## Loading",
         "",
         "```python",
-        "import kbench  # registers kbench's model types with transformers' Auto classes",
+        "import kbench.models  # registers kbench's model types with transformers' Auto classes",
         "from transformers import AutoModel",
         "",
         f'model = AutoModel.from_pretrained("{out}")',
