@@ -7,10 +7,10 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from pretrained import minilm_checkpoint
 from zoo_inputs import ALIGNED, KALEIDO_DIM, kaleido_data
 
 from kbench.core.errors import KbenchError
-from kbench.data.text import bundled_checkpoint
 from kbench.features.batches import to_device
 from kbench.features.patch_features import Patching
 from kbench.features.patches import KALEIDO, get_scheme
@@ -361,7 +361,7 @@ def test_a_variant_has_only_its_tasks_heads() -> None:
 
 
 def test_patch_projections_follow_the_checkpoints_hidden_size() -> None:
-    model = build_model("kaleido", str(bundled_checkpoint()), visual_feature_size=D)
+    model = build_model("kaleido", str(minilm_checkpoint()), visual_feature_size=D)
     assert model.vl.patch_embeddings.feature_projections[0].out_features == 384
 
 

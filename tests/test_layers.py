@@ -119,7 +119,7 @@ def test_baselines_use_the_public_model_api() -> None:
     private = [
         f"{path.name} imports {m}"
         for path in sorted((REPO / "baselines").glob("*.py"))
-        for m in imports(path, f"baselines.{path.stem}")
+        for m in imports(path, f"kbench.baselines.{path.stem}")
         if not m.startswith(allowed) or ".kaleido" in m
     ]
     assert not private, "\n".join(private)

@@ -8,10 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertModel
-from zoo_inputs import INPUTS, SIZES, train_on
-
-from baselines.oscar import (
+from kbench.baselines.oscar import (
     OscarCollator,
     OscarConfig,
     OscarForPreTraining,
@@ -19,7 +16,11 @@ from baselines.oscar import (
     pollute,
     tag_vocabulary,
 )
-from kbench.data.text import bundled_checkpoint, load_tokenizer
+from pretrained import minilm_checkpoint
+from transformers import BertModel
+from zoo_inputs import INPUTS, SIZES, train_on
+
+from kbench.data.text import load_tokenizer
 from kbench.models.zoo import ARCHITECTURE_KEYS
 
 B, T, K, D, V = 6, 12, 16, 24, 200
@@ -269,7 +270,7 @@ def test_every_loss_decreases_on_a_tiny_batch() -> None:
 
 
 def test_tags_take_berts_second_token_type() -> None:
-    bert = BertModel.from_pretrained(str(bundled_checkpoint())).eval()
+    bert = BertModel.from_pretrained(str(minilm_checkpoint())).eval()
     arch = {k: getattr(bert.config, k) for k in ARCHITECTURE_KEYS}
     model = OscarForPreTraining(OscarConfig(visual_feature_size=D, **arch)).eval()
     model.load_bert_weights(bert)

@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pretrained import minilm_checkpoint
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 
 from kbench.core.config import load_config
 from kbench.data.loader import PRETRAIN_NEGATIVES, PRETRAIN_ORDER, epoch_order, step_rng
 from kbench.data.splits import Split
-from kbench.data.text import bundled_checkpoint, load_tokenizer, tokenize
+from kbench.data.text import load_tokenizer, tokenize
 from kbench.engine.pretraining import epoch_steps, pretraining_batches
 from kbench.features.batches import ModelData, NegativeSampler
 from kbench.features.patch_features import features_from_arrays
@@ -148,7 +149,7 @@ def test_the_mlm_head_is_loaded_from_a_bert_checkpoint_that_has_one(tmp_path: Pa
 
 def test_a_checkpoint_without_an_mlm_head_says_so(caplog: pytest.LogCaptureFixture) -> None:
     """The bundled MiniLM is a bare encoder (no ``cls.*``): its encoder is loaded and the MLM head stays fresh."""
-    path = str(bundled_checkpoint())
+    path = str(minilm_checkpoint())
     with caplog.at_level(logging.INFO, logger="kbench.models.zoo"):
         model = build_model("kaleido", path, visual_feature_size=D)
     assert f"BERT checkpoint {path} has no MLM head (cls.predictions.*)" in caplog.text

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kbench.baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining, ViLBertModel
+from pretrained import minilm_checkpoint
 from transformers import BertConfig, BertModel
 from zoo_inputs import INPUTS, SIZES, context, raw_batch, train_on
 
-from baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining, ViLBertModel
 from kbench.core.config import load_config
 from kbench.core.errors import KbenchError
-from kbench.data.text import bundled_checkpoint
 from kbench.engine.trial import model_options, resolved_options
 from kbench.features.codebook import fit_codebook
 
@@ -164,7 +164,7 @@ def test_pretraining_collator_uses_the_trials_codebook() -> None:
 
 
 def test_a_shallower_text_stream_takes_berts_first_layers() -> None:
-    bert = BertModel.from_pretrained(str(bundled_checkpoint()))
+    bert = BertModel.from_pretrained(str(minilm_checkpoint()))
     assert bert.config.num_hidden_layers == 6
     arch = {k: getattr(bert.config, k) for k in ("hidden_size", "num_attention_heads", "intermediate_size")}
     model = ViLBertForPreTraining(

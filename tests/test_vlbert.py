@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from kbench.baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
+from pretrained import minilm_checkpoint
 from transformers import BertModel
 from zoo_inputs import INPUTS, SIZES, context, raw_batch, train_on
 
-from baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
 from kbench.core.config import load_config
 from kbench.data.splits import Split
-from kbench.data.text import bundled_checkpoint, load_tokenizer, tokenize
+from kbench.data.text import load_tokenizer, tokenize
 from kbench.engine.pretraining import epoch_steps, pretraining_batches
 from kbench.features.batches import ModelData
 from kbench.features.codebook import Codebook, fit_codebook
@@ -186,7 +187,7 @@ def test_every_loss_decreases_on_a_tiny_batch() -> None:
 
 def test_initialised_from_bert_the_words_embed_as_in_bert() -> None:
     """VL-BERT's zero gains keep a BERT checkpoint's word embeddings unchanged, whatever the image."""
-    bert = BertModel.from_pretrained(str(bundled_checkpoint())).eval()
+    bert = BertModel.from_pretrained(str(minilm_checkpoint())).eval()
     arch = {k: getattr(bert.config, k) for k in ARCHITECTURE_KEYS}
     model = VLBertForPreTraining(VLBertConfig(visual_feature_size=D, **arch)).eval()
     model.load_bert_weights(bert)

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from kbench.baselines.clip import ClipCollator
+from kbench.baselines.fashionbert import FashionBertCollator
+from kbench.baselines.imagebert import ImageBertCollator
+from kbench.baselines.oscar import OscarCollator
+from kbench.baselines.vilbert import ViLBertCollator
+from kbench.baselines.vlbert import VLBertCollator
+from pretrained import minilm_checkpoint
 from transformers import BertModel, PreTrainedConfig
 from zoo_inputs import ALIGNED, INPUTS, KALEIDO_DIM, SIZES, kaleido_data, raw_batch
 
-from baselines.clip import ClipCollator
-from baselines.fashionbert import FashionBertCollator
-from baselines.imagebert import ImageBertCollator
-from baselines.oscar import OscarCollator
-from baselines.vilbert import ViLBertCollator
-from baselines.vlbert import VLBertCollator
 from kbench.core.errors import KbenchError
-from kbench.data.text import bundled_checkpoint
 from kbench.features.batches import to_device
 from kbench.features.codebook import Codebook, fit_codebook
 from kbench.models.base import Collator, VLPreTrainedModel
@@ -219,7 +219,7 @@ def test_save_and_load_round_trip(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_initialised_from_the_bundled_bert_checkpoint(name: str) -> None:
-    path = str(bundled_checkpoint())
+    path = str(minilm_checkpoint())
     visual = ENTRIES[name].options["visual_feature_size"]
     model = build_model(name, path, visual_feature_size=visual, hidden_size=999)
     bert = BertModel.from_pretrained(path)

