@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from kbench.baselines.clip import ClipCollator, ClipConfig, ClipForPreTraining
 
+from kbench.baselines.clip import ClipCollator, ClipConfig, ClipForPreTraining
 from kbench.core.config import load_config
 from kbench.engine.trial import Trial, TrialSpec
 from kbench.models.zoo import MODELS, build_model

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kbench.baselines.fashionbert import FashionBertCollator, FashionBertConfig, FashionBertForPreTraining
 from zoo_inputs import SIZES, raw_batch, train_on
 
+from kbench.baselines.fashionbert import FashionBertCollator, FashionBertConfig, FashionBertForPreTraining
 from kbench.core.errors import KbenchError
 from kbench.models.losses import adaptive_weights, feature_kl
 from kbench.models.masking import apply_token_mask, choose_tokens

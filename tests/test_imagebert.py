@@ -6,9 +6,9 @@ from __future__ import annotations
 from functools import cache
 
 import torch
-from kbench.baselines.imagebert import ImageBertCollator, ImageBertConfig, ImageBertForPreTraining
 from zoo_inputs import INPUTS, SIZES, context, raw_batch, train_on
 
+from kbench.baselines.imagebert import ImageBertCollator, ImageBertConfig, ImageBertForPreTraining
 from kbench.features.codebook import Codebook, fit_codebook
 from kbench.models.zoo import option_names
 

@@ -8,6 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from pretrained import minilm_checkpoint
+from transformers import BertModel
+from zoo_inputs import INPUTS, SIZES, train_on
+
 from kbench.baselines.oscar import (
     OscarCollator,
     OscarConfig,
@@ -16,10 +20,6 @@ from kbench.baselines.oscar import (
     pollute,
     tag_vocabulary,
 )
-from pretrained import minilm_checkpoint
-from transformers import BertModel
-from zoo_inputs import INPUTS, SIZES, train_on
-
 from kbench.data.text import load_tokenizer
 from kbench.models.zoo import ARCHITECTURE_KEYS
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kbench.baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining, ViLBertModel
 from pretrained import minilm_checkpoint
 from transformers import BertConfig, BertModel
 from zoo_inputs import INPUTS, SIZES, context, raw_batch, train_on
 
+from kbench.baselines.vilbert import ViLBertCollator, ViLBertConfig, ViLBertForPreTraining, ViLBertModel
 from kbench.core.config import load_config
 from kbench.core.errors import KbenchError
 from kbench.engine.trial import model_options, resolved_options

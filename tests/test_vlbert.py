@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from kbench.baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
 from pretrained import minilm_checkpoint
 from transformers import BertModel
 from zoo_inputs import INPUTS, SIZES, context, raw_batch, train_on
 
+from kbench.baselines.vlbert import VLBertCollator, VLBertConfig, VLBertForPreTraining
 from kbench.core.config import load_config
 from kbench.data.splits import Split
 from kbench.data.text import load_tokenizer, tokenize

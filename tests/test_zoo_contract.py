@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from pretrained import minilm_checkpoint
+from transformers import BertModel, PreTrainedConfig
+from zoo_inputs import ALIGNED, INPUTS, KALEIDO_DIM, SIZES, kaleido_data, raw_batch
+
 from kbench.baselines.clip import ClipCollator
 from kbench.baselines.fashionbert import FashionBertCollator
 from kbench.baselines.imagebert import ImageBertCollator
 from kbench.baselines.oscar import OscarCollator
 from kbench.baselines.vilbert import ViLBertCollator
 from kbench.baselines.vlbert import VLBertCollator
-from pretrained import minilm_checkpoint
-from transformers import BertModel, PreTrainedConfig
-from zoo_inputs import ALIGNED, INPUTS, KALEIDO_DIM, SIZES, kaleido_data, raw_batch
-
 from kbench.core.errors import KbenchError
 from kbench.features.batches import to_device
 from kbench.features.codebook import Codebook, fit_codebook
