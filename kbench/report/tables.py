@@ -28,10 +28,11 @@ from kbench.engine.ablations import BLOCKS, blocks
 from kbench.metrics import significance
 from kbench.metrics.sums import PAPER_TASKS
 from kbench.models.zoo import MODELS
+from kbench.report import latex
 from kbench.report.selection import Selection, select
 
 FORMATS = ("md", "latex", "csv", "html")
-STYLES = {"md": "github", "latex": "latex_booktabs", "html": "html"}
+STYLES = {"md": "github", "html": "html"}  # tabulate's; LaTeX is kbench.report.latex's
 
 # Our zoo names -> the row names of the paper's tables.
 PAPER_ROWS = {
@@ -279,6 +280,13 @@ def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption
                 data[f"{c.header} CI95"] = [r[c.header][1] for r in rows]
             frames.append(pd.DataFrame(data))
         return pd.concat(frames, axis=1).to_csv(index=False, float_format="%.6g")
+    if fmt == "latex":
+        identity = {"model": "l", "source": "l", "seeds": "r", "interval": "l"}
+        parts = [
+            latex.main_table(title, caption, identity, [(c.header, c.decimals) for c in columns], rows)
+            for title, columns, rows in tables
+        ]
+        return "\n\n".join(parts) + "\n"
     parts = []
     for title, columns, rows in tables:
         frame = pd.DataFrame(
@@ -295,12 +303,10 @@ def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption
 
 
 def _titled(frame: pd.DataFrame, fmt: str, title: str, caption: str) -> str:
-    """One table as Markdown, LaTeX (booktabs) or HTML, with its title and caption."""
+    """One table as Markdown or HTML, with its title and caption."""
     body = tabulate(frame, headers="keys", tablefmt=STYLES[fmt], showindex=False, disable_numparse=True)
     if fmt == "md":
         return f"### {title}\n{caption}\n\n{body}"
-    if fmt == "latex":
-        return f"% {title}. {caption}\n{body}"
     return f"<h3>{title}</h3>\n<p>{caption}</p>\n{body}"
 
 
@@ -434,6 +440,10 @@ def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: 
                 }
             rows.append(record)
         return pd.DataFrame(rows).to_csv(index=False, float_format="%.6g")
+    title = f"Table 4: {block.upper()} ablation"
+    if fmt == "latex":
+        metrics = [(metric, columns[metric].decimals) for metric in cells]
+        return latex.ablation_table(title, caption, labels, metrics, cells) + "\n"
     records = []
     for metric, row in cells.items():
         column = columns[metric]
@@ -444,8 +454,12 @@ def render_ablation(cells: dict[str, dict[str, AblationCell]], block: str, fmt: 
             paper = "–" if cell.paper is None else f"{cell.paper:.{column.decimals}f}" + _change(cell.paper_relative)
             record |= {label: ours, f"{label} (paper)": paper}
         records.append(record)
-    title = f"Table 4: {block.upper()} ablation"
     return _titled(pd.DataFrame(records), fmt, title, caption) + "\n"
+
+
+def _changes(fmt: str) -> str:
+    """How a format shows changes: LaTeX as differences (a percentage of a small baseline misleads)."""
+    return "as a difference in the metric's units (Δ)" if fmt == "latex" else "in brackets"
 
 
 def _change(relative: float | None) -> str:
@@ -478,8 +492,8 @@ def build_ablation(
     caption = (
         f"{_setting(chosen, limit).replace('kbench:', f'kbench {model}:')}; ours as mean ± 95% interval "
         f"(t over seeds where there are 2 or more, else a bootstrap over test items) with the change against "
-        f"{baseline} in brackets; * the change is significant (p < {significance.ALPHA}, paired randomization test "
-        f"over test items and seeds, {significance.RESAMPLES:,} resamples)"
+        f"{baseline} {_changes(fmt)}; * the change is significant (p < {significance.ALPHA}, paired randomization "
+        f"test over test items and seeds, {significance.RESAMPLES:,} resamples)"
         f"{'; changes of runs without per-sample records are not tested' if untested else ''}; "
         f"paper: Kaleido-BERT Table 4.{_notes(chosen)}"
     )
