@@ -34,8 +34,8 @@ FORMATS = ("png", "pdf", "svg")
 DEFAULT_OUT = Path("kbench-results")  # in the working directory, not the checkout's results/
 OURS, PAPER = "#4c72b0", "#999999"
 # Embedded TrueType in PDF and real text in SVG: editable by journals and searchable.
-STYLE = {"pdf.fonttype": 42, "svg.fonttype": "none", "font.size": 9}
-WRAP = 110  # characters of a title line
+STYLE = {"pdf.fonttype": 42, "svg.fonttype": "none"}
+CHARACTERS_PER_INCH = 12  # of a title line at the default font size: where titles wrap
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,9 @@ def ablation_figure(cells: dict[str, dict[str, AblationCell]], block: str, setti
         for ax in (ours, paper):
             ax.grid(axis="y", alpha=0.3)
             ax.set_axisbelow(True)
-    caption = f"kbench {interval_text(cells[SUMS[0]])}; paper: Kaleido-BERT Table 4 (published values, no interval)"
+    caption = f"kbench {interval_text(cells[SUMS[0]])}; paper: Kaleido-BERT Table 4, published values"
     head = f"Table 4: {block.upper()} ablation" + (f", {setting}" if setting else "")
-    fig.suptitle(f"{textwrap.fill(head, WRAP)}\n{textwrap.fill(caption, WRAP)}", fontsize="medium")
+    fig.suptitle(f"{_wrapped(head, fig)}\n{_wrapped(caption, fig)}", fontsize="medium")
     fig.legend(
         [bars, published],
         ["kbench (ours), error bar as in the title", "paper (Kaleido-BERT, CVPR 2021)"],
@@ -125,8 +125,12 @@ def curves_figure(histories: dict[str, dict[str, list[tuple[int, float]]]], titl
         fig.delaxes(ax)
     handles = [Line2D([], [], color=colours[seed], marker=".") for seed in histories]
     fig.legend(handles, list(histories), loc="outside lower center", ncols=min(len(handles), 6), frameon=False)
-    fig.suptitle(textwrap.fill(title, WRAP), fontsize="medium")
+    fig.suptitle(_wrapped(title, fig), fontsize="medium")
     return fig
+
+
+def _wrapped(text: str, fig: Figure) -> str:
+    return textwrap.fill(text, int(fig.get_figwidth() * CHARACTERS_PER_INCH))
 
 
 def save(fig: Figure, out_dir: Path, stem: str, fmt: str) -> Path:
