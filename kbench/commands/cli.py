@@ -225,7 +225,8 @@ def _add_limit_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_resource_args(parser: argparse.ArgumentParser) -> None:
-    """Where trials run and with what resources."""
+    """Where trials run, with what resources, and where their output goes."""
+    parser.add_argument("--verbose", action="store_true", help="Ray's and the trials' output here, not in a log file")
     parser.add_argument("--ray-address", help="join this Ray cluster (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--cpus-per-trial", type=int, help="CPUs each trial reserves (default: the profile's)")
     parser.add_argument("--gpus-per-trial", type=float, help="GPUs each trial reserves (default: the profile's)")
@@ -293,6 +294,9 @@ def _common(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(opts: argparse.Namespace) -> int:
+    from kbench.core.progress import begin
+
+    begin(f"{opts.model or 'kaleido'} on {opts.task}", opts.profile, opts.seeds, opts.verbose)
     from kbench.api import evaluate
 
     given = {"checkpoint": opts.checkpoint, "finetune": opts.finetune is not False}
@@ -303,6 +307,9 @@ def cmd_run(opts: argparse.Namespace) -> int:
 def cmd_tune(opts: argparse.Namespace) -> int:
     import time
 
+    from kbench.core.progress import begin
+
+    begin(f"tune {opts.model} on {opts.task}, {opts.samples} samples", opts.profile, 1, opts.verbose)
     from kbench.engine.tracking import tracking_uri
     from kbench.engine.tuning import tune_recipe
     from kbench.report.results_file import output_dir, save_tune
@@ -333,6 +340,9 @@ def cmd_tune(opts: argparse.Namespace) -> int:
 
 
 def cmd_ablate(opts: argparse.Namespace) -> int:
+    from kbench.core.progress import begin
+
+    begin(f"ablate {opts.block} of {opts.model}", opts.profile, opts.seeds, opts.verbose)
     from kbench.api import ablate
 
     print(ablate(opts.block, opts.model, **_common(opts)).table())
@@ -394,7 +404,8 @@ def cmd_plot(opts: argparse.Namespace) -> int:
 
 
 def cmd_ui(opts: argparse.Namespace) -> int:
-    from kbench.engine.tracking import serve, tracking_uri
+    from kbench.commands.ui import serve
+    from kbench.engine.tracking import tracking_uri
 
     return serve(tracking_uri(opts.tracking_uri), opts.port)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 # Read by Ray at import time, so set first.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray >= 2.59 prints a token-auth notice otherwise
@@ -17,12 +20,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import ray
 from ray import tune
-from rich.progress import Progress, TaskID
 
+from kbench.core import progress
 from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.core.paths import cache_dir
-from kbench.core.progress import bar_columns
+from kbench.core.progress import RunProgress
 from kbench.engine.tracking import Tracking, log_metrics
 from kbench.engine.trial import TrialSpec
 
@@ -43,7 +46,6 @@ def configure_worker() -> None:
 
 def _trainable(config: dict[str, Any], base: Config, tasks: list[str], tracking: Tracking) -> None:
     """The Tune trainable: runs one trial and reports its progress and final metrics to the driver."""
-    from kbench.core import progress
     from kbench.engine.pipeline import run_trial
 
     configure_worker()
@@ -67,14 +69,17 @@ def launch(
     ray_address: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
-    with ray_session(base, ray_address) as base:
-        workers = base.pretrain.workers
-        prepare_features(base, specs, ("train", "test"), tracking)
-        resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
-        )
-        with Progress(*bar_columns(), transient=False) as bars:
+    with RunProgress(len(specs)) as display:
+        display.status("starting Ray")
+        with ray_session(base, ray_address, run_log(name)) as base:
+            workers = base.pretrain.workers
+            display.status("extracting features")
+            prepare_features(base, specs, ("train", "test"), tracking)
+            display.status("starting the trials")
+            resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
+            trainable = tune.with_resources(
+                tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
+            )
             tuner = tune.Tuner(
                 trainable,
                 param_space={"spec": tune.grid_search([dataclasses.asdict(s) for s in specs])},
@@ -86,7 +91,7 @@ def launch(
                     name=name,
                     storage_path=str(cache_dir("tune")),
                     verbose=0,
-                    callbacks=[_ProgressCallback(bars)],
+                    callbacks=[TrialProgress(display, _label)],
                     failure_config=tune.FailureConfig(max_failures=base.runtime.retries),
                 ),
             )
@@ -127,27 +132,73 @@ def concurrency(base: Config) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // trial_cpus(base))
 
 
+def run_log(name: str) -> Path:
+    """The log file of the invocation ``name``: its Tune directory's ``output.log``."""
+    return cache_dir("tune") / name / "output.log"
+
+
 @contextmanager
-def ray_session(base: Config, ray_address: str | None) -> Iterator[Config]:
+def ray_session(base: Config, ray_address: str | None, log: Path) -> Iterator[Config]:
     """Ray for one invocation: the cluster at ``ray_address`` (or ``RAY_ADDRESS``), else a local Ray with this
     machine's CPUs (at least one trial's worth); shut down on the way out. Yields ``base`` with the resources it
     can have: on a machine without GPUs a local Ray runs GPU-asking trials on the CPU (with a warning) rather than
-    waiting forever; a cluster without GPUs is an error."""
+    waiting forever; a cluster without GPUs is an error. Ray's and the workers' output goes to ``log``, unless
+    ``--verbose``."""
     address = ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
-    else:
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, trial_cpus(base)),
-            include_dashboard=False,
-            configure_logging=False,
-            log_to_driver=True,
-            _temp_dir=ray_temp_dir(),
-        )
-    try:
-        yield fitted_resources(base, bool(address))
-    finally:
-        ray.shutdown()
+    with worker_output(log) as divert:
+        if address:
+            ray.init(address=address, log_to_driver=True, configure_logging=False)
+        else:
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, trial_cpus(base)),
+                include_dashboard=False,
+                configure_logging=False,
+                log_to_driver=True,
+                _temp_dir=ray_temp_dir(),
+            )
+        divert()
+        try:
+            yield fitted_resources(base, bool(address))
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def worker_output(log: Path) -> Iterator[Callable[[], None]]:
+    """Unless ``--verbose``: Ray's log lines and, once the yielded function is called after ``ray.init``, what
+    Ray's workers print (each line as ``(_trainable pid=...) ...``) go to ``log``, named once on the terminal."""
+    if progress.verbose():
+        yield lambda: None
+        return
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    ray_logger = logging.getLogger("ray")
+    with log.open("a", buffering=1) as out:
+        to_file = logging.StreamHandler(out)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handlers, ray_logger.handlers = ray_logger.handlers, [to_file]
+
+        def divert() -> None:
+            dispatcher.remove_handler("ray_print_logs")  # ray.init's printer of the workers' lines
+            dispatcher.add_handler("kbench_log", functools.partial(_write_worker_lines, out))
+
+        print(f"kbench: Ray's and the trials' output goes to {log} (--verbose shows it here)", file=sys.stderr)
+        try:
+            yield divert
+        finally:
+            dispatcher.remove_handler("kbench_log")
+            ray_logger.handlers = handlers
+
+
+def _write_worker_lines(out: IO[str], data: dict[str, Any]) -> None:
+    """One batch of a Ray worker's output lines, prefixed as Ray prefixes them on the terminal; not the
+    autoscaler's status reports, which Ray does not print either."""
+    if data.get("pid") == "autoscaler":
+        return
+    name = data.get("actor_name") or data.get("task_name") or ""
+    prefix = f"({name} pid={data.get('pid')}) ".replace("( ", "(")
+    out.writelines(f"{prefix}{line}\n" for line in data.get("lines", []))
 
 
 def fitted_resources(base: Config, cluster: bool) -> Config:
@@ -169,21 +220,30 @@ def _label(config: dict[str, Any]) -> str:
     return TrialSpec(**{**config["spec"], "overrides": tuple(config["spec"]["overrides"])}).label
 
 
-class _ProgressCallback(tune.Callback):
-    """Draws one bar per (trial, stage) from the progress the trials report."""
+class TrialProgress(tune.Callback):
+    """Feeds the run's display from Tune: trials starting, the stage progress they report, trials ending."""
 
-    def __init__(self, bars: Progress) -> None:
-        self.bars: Progress | None = bars
-        self.tasks: dict[tuple[str, str], TaskID] = {}
+    def __init__(self, display: RunProgress, label: Callable[[dict[str, Any]], str]) -> None:
+        self.display: RunProgress | None = display
+        self.label = label
 
     def __getstate__(self) -> dict[str, Any]:
-        """Tune pickles its callbacks with the experiment state; the bars stay on the driver."""
-        return {"bars": None, "tasks": {}}
+        """Tune pickles its callbacks with the experiment state; the display stays on the driver."""
+        return {"display": None, "label": self.label}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.display is not None:
+            self.display.started(trial.trial_id, self.label(trial.config))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if self.bars is None or STAGE not in result:
-            return
-        key = (trial.trial_id, result[STAGE])
-        if key not in self.tasks:
-            self.tasks[key] = self.bars.add_task(f"{_label(trial.config)} {result[STAGE]}", total=result[TOTAL])
-        self.bars.update(self.tasks[key], completed=result[COMPLETED], total=result[TOTAL])
+        if self.display is not None and STAGE in result:
+            label = self.label(trial.config)
+            self.display.stage(trial.trial_id, label, result[STAGE], result[COMPLETED], result[TOTAL])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.display is not None:
+            self.display.finished(trial.trial_id, self.label(trial.config))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.display is not None:
+            self.display.finished(trial.trial_id, self.label(trial.config), failed=True)

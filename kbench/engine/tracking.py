@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -210,21 +209,3 @@ def _trial_runs(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks
             label = wanted.get((model, tags.get("kbench.variant"), tags.get("kbench.config_hash")))
             if label is not None and tags.get("kbench.tasks") == tasks:
                 yield label, run
-
-
-def serve(uri: str, port: int) -> int:
-    """Run the MLflow UI for ``uri`` on 127.0.0.1 in the foreground (one worker, no job runner: starts in seconds)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise KbenchError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}; run `kbench run` first")
-    if not uri.startswith(("sqlite:", "postgresql", "mysql", "file:")):
-        raise KbenchError(f"kbench ui serves a local store; {uri} is already served")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    if uri.startswith("sqlite:///"):
-        command += ["--artifacts-destination", (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()]
-    print(f"MLflow UI of {uri} at http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
-    try:
-        return subprocess.run(command, env=env, check=False).returncode
-    except KeyboardInterrupt:
-        return 0

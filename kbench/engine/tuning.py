@@ -25,7 +25,8 @@ from tabulate import tabulate
 from kbench.core.config import Config, OptimConfig
 from kbench.core.errors import KbenchError
 from kbench.core.paths import atomic_path, cache_dir
-from kbench.engine.launch import configure_worker, prepare_features, ray_session
+from kbench.core.progress import RunProgress
+from kbench.engine.launch import TrialProgress, configure_worker, prepare_features, ray_session, run_log
 from kbench.engine.tracking import (
     Tracking,
     TrialRun,
@@ -174,27 +175,34 @@ def search(
     ray_address: str | None,
 ) -> tune.ResultGrid:
     """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the dev ``metric``."""
-    with ray_session(cfg, ray_address) as cfg:
-        prepare_features(cfg, [spec], ("train", "dev"), tracking)
-        resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
-        trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)
-        scheduler = ASHAScheduler(time_attr=EPOCH, max_t=max(space["epochs"].categories), reduction_factor=2)
-        tuner = tune.Tuner(
-            tune.with_resources(trainable, resources),
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode="max",
-                num_samples=samples,
-                scheduler=scheduler,
-                search_alg=BasicVariantGenerator(random_state=spec.seed),
-                trial_name_creator=lambda t: describe(t.config),
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(cache_dir("tune")), verbose=0, callbacks=[_Lines(metric)]
-            ),
-        )
-        return tuner.fit()
+    with RunProgress(samples, noun="sample") as display:
+        display.status("starting Ray")
+        with ray_session(cfg, ray_address, run_log(name)) as cfg:
+            display.status("extracting features")
+            prepare_features(cfg, [spec], ("train", "dev"), tracking)
+            display.status("starting the samples")
+            resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
+            trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)
+            scheduler = ASHAScheduler(time_attr=EPOCH, max_t=max(space["epochs"].categories), reduction_factor=2)
+            tuner = tune.Tuner(
+                tune.with_resources(trainable, resources),
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    metric=metric,
+                    mode="max",
+                    num_samples=samples,
+                    scheduler=scheduler,
+                    search_alg=BasicVariantGenerator(random_state=spec.seed),
+                    trial_name_creator=lambda t: describe(t.config),
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(cache_dir("tune")),
+                    verbose=0,
+                    callbacks=[TrialProgress(display, describe), _Lines(metric)],
+                ),
+            )
+            return tuner.fit()
 
 
 def settle_samples(tracking: Tracking, results: tune.ResultGrid, metric: str) -> list[dict[str, Any]]:

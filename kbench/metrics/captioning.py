@@ -6,6 +6,7 @@ import atexit
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Hashable, Mapping, Sequence
 
@@ -13,7 +14,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.meteor import meteor as _meteor_module
 from pycocoevalcap.rouge.rouge import Rouge
-from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from pycocoevalcap.tokenizer import ptbtokenizer
 
 from kbench.core.errors import KbenchError
 
@@ -114,11 +115,25 @@ def _check(references: Mapping[Hashable, Sequence[str]], candidates: Mapping[Has
 
 
 def _tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
-    """PTB-tokenise as ``COCOEvalCap.evaluate`` does; whitespace is collapsed first because the tokenizer
-    is line-based and would misalign ids on a ``\\r`` or ``\\u2028`` inside a caption."""
-    return PTBTokenizer().tokenize(
-        {i: [{"caption": " ".join(c.split())} for c in caps] for i, caps in captions.items()}
-    )
+    """PTB-tokenise as ``COCOEvalCap.evaluate`` does (pycocoevalcap's ``PTBTokenizer``: the same jar, flags and
+    punctuation removal) without its "PTBTokenizer tokenized N tokens" line on stderr; whitespace is collapsed
+    first because the tokenizer is line-based and would misalign ids on a ``\\r`` or ``\\u2028`` inside a caption."""
+    ids = [i for i, caps in captions.items() for _ in caps]
+    sentences = "\n".join(" ".join(c.split()) for caps in captions.values() for c in caps)
+    jar = os.path.join(os.path.dirname(ptbtokenizer.__file__), ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "captions.txt")
+        with open(path, "wb") as f:
+            f.write(sentences.encode())
+        command = ["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", path]
+        done = subprocess.run(command, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the PTB tokenizer failed: {done.stderr.decode(errors='replace').strip()[-500:]}")
+    tokenized: dict[Hashable, list[str]] = {}
+    for i, line in zip(ids, done.stdout.decode().split("\n"), strict=False):  # the output ends with a newline
+        words = [w for w in line.rstrip().split(" ") if w not in ptbtokenizer.PUNCTUATIONS]
+        tokenized.setdefault(i, []).append(" ".join(words))
+    return tokenized
 
 
 def caption_scores(
