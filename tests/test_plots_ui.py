@@ -205,3 +205,64 @@ def test_a_smoke_run_logs_through_the_ui_server(tmp_path: Path) -> None:
     finally:
         os.killpg(ui.pid, 15)
         ui.wait(timeout=30)
+
+
+def living() -> dict[int, int]:
+    """Every living (not zombie) process and its parent, read from /proc (psutil is not a dependency)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    return parents
+
+
+def descendants(pid: int) -> set[int]:
+    parents, found, frontier = living(), set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+@pytest.mark.slow
+def test_kbench_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
+    """``kill PID`` of kbench ui leaves no server serving; the terminal has no request lines nor warnings."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    open_experiment(store, "kbench")
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "kbench", "ui", "--port", str(port), "--tracking-uri", store],
+        env={**os.environ, "KBENCH_HOME": str(tmp_path / "home")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    server: set[int] = set()
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        server = descendants(ui.pid)
+        assert server, "kbench ui started no server"
+        ui.send_signal(15)
+        assert ui.wait(timeout=60) == 0
+        out, err = ui.communicate()
+        assert not server & living().keys()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        assert out.startswith(f"MLflow UI of {store} at http://127.0.0.1:{port}") and len(out.splitlines()) == 1
+        assert err == ""
+        assert "GET /" not in (tmp_path / "home" / "ui" / f"server-{port}.log").read_text()
+    finally:
+        for pid in server & living().keys():
+            os.kill(pid, 9)
+        ui.kill()
+        ui.wait()
