@@ -178,3 +178,10 @@ def test_missing_java_is_a_kbench_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(KbenchError, match="need a Java runtime"):
         caption_scores({"a": ["a red dress"]}, {"a": "a red dress"})
+
+
+def test_tokenizing_is_silent_and_equals_ptbtokenizer(capfd: pytest.CaptureFixture) -> None:
+    ours = captioning._tokenize(REFERENCES)
+    assert capfd.readouterr().err == ""  # pycocoevalcap's prints "PTBTokenizer tokenized N tokens at ..." there
+    library = {i: [{"caption": " ".join(c.split())} for c in caps] for i, caps in REFERENCES.items()}
+    assert ours == PTBTokenizer().tokenize(library)
