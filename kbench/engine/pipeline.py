@@ -15,10 +15,11 @@ import yaml
 from kbench.core.config import Config
 from kbench.core.memory import peak_memory
 from kbench.engine.checkpoints import MODEL_ARTIFACT, given_model, source_of
+from kbench.engine.heatmaps import confusion_figure
 from kbench.engine.pretrained import pretrained_model
 from kbench.engine.pretraining import save_checkpoint
 from kbench.engine.tracking import Tracking, TrialRun, flatten
-from kbench.engine.trial import Trial, TrialSpec, config_key, seed_everything
+from kbench.engine.trial import Trial, TrialSpec, config_key, option_params, seed_everything
 from kbench.metrics import paper_sums
 from kbench.tasks import TASKS, build_task
 from kbench.tasks.samples import ARTIFACT_DIR, to_jsonl
@@ -49,13 +50,17 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         return measure(stage, timings, memory, trial.device)
 
     with TrialRun(tracking, spec.label, tags) as run:
-        run.log_params({**flatten(cfg.to_dict()), "model.name": spec.model, "seed": spec.seed})
+        params = {k: v for k, v in flatten(cfg.to_dict()).items() if k != "models"}  # "models: {}" by default
+        run.log_params({**params, **option_params(cfg, spec.model), "model.name": spec.model, "seed": spec.seed})
         run.log_text("config.yaml", yaml.safe_dump({"model": spec.model, "seed": spec.seed, **cfg.to_dict()}))
         with measured("data"):
             dataset = trial.dataset
             run.set_tags({"data_fingerprint": dataset.fingerprint})
+            sizes = {split: len(getattr(dataset, split)) for split in ("train", "dev", "test")}
+            run.log_dataset(dataset.name, dataset.fingerprint, cfg.data.data_dir, sizes)
         with measured("features"):
             trial.data("train"), trial.data("test")
+        run.log_params(hash_params(trial))
         checkpoint = cfg.model.checkpoint
         if checkpoint:
             run.set_tags({"checkpoint": source_of(checkpoint)})
@@ -70,6 +75,7 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         with tempfile.TemporaryDirectory() as tmp:  # the pre-trained model, loadable as runs:/<run_id>/model
             save_checkpoint(model, history, Path(tmp))
             run.log_artifacts(tmp, MODEL_ARTIFACT)
+            run.log_model(tmp, MODEL_ARTIFACT, option_params(cfg, spec.model))
         for epoch, values in enumerate(history, 1):
             run.log_metrics({f"pretrain/{k}": v for k, v in values.items()}, step=epoch)
         metrics: dict[str, float] = {}
@@ -91,6 +97,8 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
                 run.log_metrics({f"{name}/finetune_{k}": v for k, v in values.items()}, step=epoch)
             for filename, content in result.artifacts.items():
                 run.log_text(filename, content)
+                if filename.startswith("confusion_") and filename.endswith(".csv"):
+                    run.log_image(filename.replace(".csv", ".png"), confusion_figure(content, f"{name}: {spec.label}"))
             run.log_text(f"{name}.jsonl", to_jsonl(result.samples), ARTIFACT_DIR)
             if task.card.kind == "retrieval":
                 run.set_tags({"protocol": f"{task.protocol.name} v{task.protocol.version}"})
@@ -99,6 +107,15 @@ def run_trial(spec: TrialSpec, base: Config, tasks: list[str], tracking: Trackin
         run.log_metrics({f"time/{k}_s": v for k, v in timings.items()})
         run.log_metrics(memory)
     return metrics
+
+
+def hash_params(trial: Trial) -> dict[str, str]:
+    """The trial's hashes as params (runs filter by params): config (with and without the seed), data, checkpoint."""
+    params = {"hash.config": trial.config_hash, "hash.config_key": config_key(trial.base, trial.spec)}
+    params["hash.data"] = trial.dataset.fingerprint
+    if not trial.cfg.model.checkpoint:  # a given checkpoint is named by the kbench.checkpoint tag
+        params["hash.checkpoint"] = trial.pretrain_key()
+    return params
 
 
 def task_overrides(cfg: Config, name: str) -> dict:

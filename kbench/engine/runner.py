@@ -13,11 +13,11 @@ from kbench.core.errors import KbenchError
 from kbench.data import load_dataset
 from kbench.engine.ablations import BLOCKS
 from kbench.engine.checkpoints import check_checkpoints
-from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle
+from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle, summarize
 from kbench.engine.trial import TrialSpec, config_hash, model_options, trial_config
 from kbench.features.encoders import RANDOM_WEIGHTS, build_encoder
 from kbench.models.zoo import MODELS, NO_INIT, bert_config, check_options
-from kbench.tasks import build_task
+from kbench.tasks import PAPER_TASKS, build_task
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,27 @@ def parse_models(spec: str) -> list[str]:
 
 
 def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
-    """Fail fast on the driver, before any trial starts: model options, task overrides, the data files.
+    """Fail fast on the driver, before any trial starts: the config (``check_config``), then the data files.
 
     Reading the dataset here also generates SynthFashion once, before trials would race to do it.
     """
+    check_config(cfg, specs, tasks)
+    if cfg.runtime.precision == "bf16" and resolve_device(cfg.runtime.device).type == "cpu" and not cpu_has_bf16():
+        log.info("runtime.precision=bf16: this CPU has no bf16 arithmetic, so trials on it compute in fp32")
+    dataset = load_dataset(cfg.data)
+    log.info(
+        "%s: %d train, %d dev, %d test images; fingerprint %s",
+        dataset.name,
+        len(dataset.train),
+        len(dataset.dev),
+        len(dataset.test),
+        dataset.fingerprint,
+    )
+
+
+def check_config(cfg: Config, specs: Sequence[TrialSpec], tasks: Sequence[str]) -> None:
+    """Refuse what no trial could run, reading no data: model options and their values, pre-training workers, task
+    overrides, the initial weights; what ``kbench config`` checks too."""
     for spec in specs:
         variant = trial_config(cfg, spec)
         options = model_options(variant, spec.model)
@@ -52,17 +69,6 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
     for name in sorted(set(tasks) | set(cfg.tasks)):
         build_task(name, cfg.tasks.get(name, {}))
     check_initial_weights(cfg)
-    if cfg.runtime.precision == "bf16" and resolve_device(cfg.runtime.device).type == "cpu" and not cpu_has_bf16():
-        log.info("runtime.precision=bf16: this CPU has no bf16 arithmetic, so trials on it compute in fp32")
-    dataset = load_dataset(cfg.data)
-    log.info(
-        "%s: %d train, %d dev, %d test images; fingerprint %s",
-        dataset.name,
-        len(dataset.train),
-        len(dataset.dev),
-        len(dataset.test),
-        dataset.fingerprint,
-    )
 
 
 def check_initial_weights(cfg: Config) -> None:
@@ -127,11 +133,28 @@ def execute(
         if done:
             log.info("%d of %d trials already finished: %s", len(done), len(specs), ", ".join(sorted(done)))
         todo = [s for s in specs if s.label not in done]
-    parent_id = None
     if todo:
         name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = {"command": command, "profile": cfg.profile, "dataset": cfg.data.dataset}
+        tags = {"command": command, "profile": cfg.profile, "dataset": cfg.data.dataset, "invocation": name}
         params = {"trials": ",".join(s.label for s in todo), "tasks": ",".join(tasks)}
-        with parent_run(tracking, name, tags, params) as parent_id:
+        with parent_run(tracking, invocation_name(command, specs, tasks, cfg.profile), tags, params) as parent_id:
             launch(todo, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, ray_address)
-    return parent_id, finished_runs(tracking, keys, ",".join(tasks))
+            found = finished_runs(tracking, keys, ",".join(tasks))
+            summarize(tracking, parent_id, found.values())  # with --resume, the trials finished before too
+        return parent_id, found
+    return None, finished_runs(tracking, keys, ",".join(tasks))
+
+
+def invocation_name(command: str, specs: Sequence[TrialSpec], tasks: Sequence[str], profile: str) -> str:
+    """The parent run's name, what the invocation ran: ``kaleido · all tasks · default · 3 seeds``,
+    ``ablate kpg · kaleido · default · 1 seed``."""
+    models = list(dict.fromkeys(s.model for s in specs))
+    which = "all models" if len(models) > 1 and set(models) == set(MODELS.names()) else ", ".join(models)
+    what = "all tasks" if set(tasks) >= set(PAPER_TASKS) else ", ".join(tasks)
+    seeds = len({s.seed for s in specs})
+    parts = [which, what, profile, f"{seeds} seed{'' if seeds == 1 else 's'}"]
+    if command == "run":
+        return " · ".join(parts)
+    blocks = [b for b in dict.fromkeys(s.variant.split(":")[0] for s in specs) if b != "default"]
+    head = f"{command} {', '.join(blocks)}" if blocks else command
+    return " · ".join([head, which, *([] if command == "ablate" else [what]), *parts[2:]])

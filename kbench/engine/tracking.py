@@ -4,31 +4,71 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelOutput,
+    LoggedModelStatus,
+    Metric,
+    Param,
+    RunStatus,
+    RunTag,
+)
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import kbench
 from kbench.core.errors import KbenchError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 DEFAULT_EXPERIMENT = "kbench"
 DEFAULT_DB = "mlflow.db"
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+# MLflow 3's UI reads this experiment tag to open a model-training experiment on its runs, not on GenAI traces.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Its workflow switch (default GenAI) decides the experiment page's tabs; this query picks the runs table.
+UI_QUERY = "workflowType=machine_learning"
+DATASET_CONTEXT = "pretrain+tasks"  # the run's one dataset input serves pre-training and every task
+LOGGED_MODEL_MAX_BYTES = 64 * 2**20  # larger checkpoints are registered by their runs:/ URI, not copied again
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
 def tracking_uri(cli: str | None = None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory."""
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory; a plain path
+    (``./my.db``, a directory) becomes a SQLite URI."""
     uri = cli or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+    return store_uri(uri) if uri else f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def store_uri(value: str) -> str:
+    """A tracking URI as given, or a plain path as SQLite: ``*.db`` (``.sqlite``) is the database file, any other
+    path a directory that holds ``mlflow.db``."""
+    if _URI_SCHEME.match(value):
+        return value
+    path = Path(value).expanduser().resolve()
+    if path.suffix in SQLITE_SUFFIXES:
+        return f"sqlite:///{path}"
+    if path.is_file():
+        raise KbenchError(
+            f"tracking store {value} is a file but not a SQLite one ({', '.join(SQLITE_SUFFIXES)}); "
+            "give a .db path, a directory or a URI such as sqlite:///runs.db"
+        )
+    return f"sqlite:///{path / DEFAULT_DB}"
 
 
 @dataclass(frozen=True)
@@ -49,11 +89,15 @@ def open_experiment(uri: str, name: str) -> str:
     try:
         found = client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND[0] not in found.tags:  # made by an earlier kbench
+                client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
             return found.experiment_id
         location = None
         if uri.startswith("sqlite:///"):
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location)
+            database = Path(uri.removeprefix("sqlite:///"))
+            database.parent.mkdir(parents=True, exist_ok=True)
+            location = (database.parent / "mlartifacts").resolve().as_uri()
+        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
     except MlflowException as exc:
         raise KbenchError(f"cannot use tracking store {uri}: {exc.message.splitlines()[0]}") from None
 
@@ -98,6 +142,7 @@ class TrialRun:
         all_tags = base_tags(tags)
         if tracking.parent_run_id:
             all_tags["mlflow.parentRunId"] = tracking.parent_run_id
+        self.experiment_id = tracking.experiment_id
         self.run_id = self.client.create_run(tracking.experiment_id, run_name=name, tags=all_tags).info.run_id
 
     def __enter__(self) -> TrialRun:
@@ -127,6 +172,69 @@ class TrialRun:
             path = Path(tmp) / name
             path.write_text(content)
             self.client.log_artifact(self.run_id, str(path), directory)
+
+    def log_image(self, name: str, figure: Figure) -> None:
+        """Save ``figure`` as the PNG artifact ``name`` (shown inline by the UI's artifact view)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            figure.savefig(path, dpi=120, bbox_inches="tight")
+            self.client.log_artifact(self.run_id, str(path))
+
+    def log_dataset(self, name: str, digest: str, data_dir: str | None, sizes: Mapping[str, int]) -> None:
+        """The trial's dataset as the run's MLflow dataset input: its name, fingerprint, where it was read from (a
+        directory, or the SynthFashion generator) and its split sizes."""
+        if data_dir:
+            source_type, source = "local", {"uri": str(Path(data_dir).resolve())}
+        else:
+            source_type, source = "code", {"tags": {"generator": "synthfashion"}}
+        dataset = Dataset(name, digest, source_type, json.dumps(source), profile=json.dumps(dict(sizes)))
+        context = InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [context])])
+
+    def log_model(self, local_dir: str | Path, name: str, params: Mapping[str, Any]) -> str:
+        """Register the checkpoint in ``local_dir`` (already logged under the run's ``model/``) as an MLflow 3 logged
+        model of this run, with its files when they are small; the id of the logged model."""
+        uri = f"runs:/{self.run_id}/{name}"
+        size = sum(f.stat().st_size for f in Path(local_dir).rglob("*") if f.is_file())
+        tags = {"kbench.checkpoint_uri": uri, "kbench.checkpoint_bytes": str(size)}
+        values = {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in params.items()}
+        model = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=self.run_id, tags=tags, params=values, model_type="kbench"
+        )
+        if size <= LOGGED_MODEL_MAX_BYTES:
+            self.client.log_model_artifacts(model.model_id, str(local_dir))
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, 0)])
+        self.set_tags({"checkpoint_uri": uri, "logged_model": model.model_id})
+        return model.model_id
+
+
+def summarize(tracking: Tracking, parent_id: str, run_ids: Iterable[str]) -> dict[str, float]:
+    """Log on the parent run the mean over seeds of each metric of the trial runs ``run_ids`` (prefixed with the
+    trial's model and variant when they are several), so the UI's charts and compare views show the invocation."""
+    client = tracking.client()
+    groups: dict[str, list[dict[str, float]]] = {}
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        group = "/".join(part for part in (tags.get("kbench.model"), _variant_name(tags)) if part)
+        groups.setdefault(group, []).append(run.data.metrics)
+    summary: dict[str, float] = {}
+    for group, runs in groups.items():
+        prefix = f"{group}/" if len(groups) > 1 else ""
+        for key in sorted({k for metrics in runs for k in metrics}):
+            values = [metrics[key] for metrics in runs if key in metrics]
+            summary[f"{prefix}{key}"] = sum(values) / len(values)
+    log_metrics(client, parent_id, summary)
+    seeds = sorted({len(runs) for runs in groups.values()})
+    client.set_tag(parent_id, "kbench.summary", f"mean over {'/'.join(map(str, seeds))} seed(s) of each trial")
+    return summary
+
+
+def _variant_name(tags: Mapping[str, str]) -> str:
+    """The trial's variant as MLflow metric names allow it (``kpg:kaleido+sod`` -> ``kpg:kaleido_sod``)."""
+    variant = tags.get("kbench.variant", "default")
+    return "" if variant == "default" else re.sub(r"[^\w.\- /:]", "_", variant)
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:

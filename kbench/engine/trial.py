@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import PreTrainedConfig
+from transformers import BertModel, PreTrainedConfig
 
 import kbench
 from kbench.core.config import Config, apply_override, digest, without_scheduling
@@ -19,11 +19,12 @@ from kbench.core.device import resolve_device
 from kbench.data import DatasetSplits, load_dataset
 from kbench.data.text import load_tokenizer, tokenize
 from kbench.engine.checkpoints import identity as checkpoint_identity
+from kbench.engine.tracking import flatten
 from kbench.features.batches import ModelData
 from kbench.features.extraction import Job, load_features
 from kbench.features.patch_features import Patching
 from kbench.models.context import TaskContext
-from kbench.models.zoo import MODELS, with_defaults
+from kbench.models.zoo import MODELS, option_defaults, with_defaults
 from kbench.tasks import include_cards
 
 
@@ -83,6 +84,16 @@ def resolved_options(cfg: Config, model: str) -> dict[str, Any]:
     """``model_options`` with the config class's defaults filled in, so that naming an option's default value
     (as an ablation's reference column does) changes no hash and shares the checkpoint."""
     return with_defaults(MODELS.get(model), model_options(cfg, model))
+
+
+def option_params(cfg: Config, model: str) -> dict[str, Any]:
+    """The entry's own options in full, defaults included (``models.kaleido.kpg``...), as run params: what runs are
+    filtered and compared by. BERT's arguments are left out (the shared sizes are ``model.*`` params)."""
+    own = {k: v for k, v in resolved_options(cfg, model).items() if k not in _BERT_ARGUMENTS}
+    return flatten({"models": {model: own}})
+
+
+_BERT_ARGUMENTS = {*option_defaults(BertModel), "visual_feature_size"}  # sizes, and what the data fixes
 
 
 def seed_everything(seed: int) -> None:
