@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from kbench.commands.cli import main
+from kbench.commands.cli import build_parser, main
+from kbench.core.catalog import BUILTIN_MODELS, plugin_entry_points
 from kbench.data.layout import TRAIN_FILE
 from kbench.models.zoo import MODELS
 
@@ -246,7 +251,7 @@ def test_ls_and_config(capsys: pytest.CaptureFixture) -> None:
     assert "Fashion-Gen" in capsys.readouterr().out
     assert main(["config", *SMOKE, "--set", "pretrain.lr=3e-4"]) == 0
     out = capsys.readouterr().out
-    assert "lr: 0.0003" in out and "# config hash: " in out
+    assert "lr: 0.0003" in out and "# kbench.config_hash of kaleido, seed 0: " in out
 
 
 def test_data_synth_writes_the_official_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -254,3 +259,123 @@ def test_data_synth_writes_the_official_files(tmp_path: Path, capsys: pytest.Cap
     sizes = ["--set", "data.synth.products_train=12", "--set", "data.synth.products_test=6"]
     assert main(["data", "synth", "--out", str(out), *sizes]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["fashiongen_256_256_train.h5", "fashiongen_256_256_validation.h5"]
+
+
+LIGHT_COMMANDS = [["--help"], ["ls", "models"], ["ls", "profiles"], ["table", "--main"]]
+
+
+def test_listing_and_reading_commands_import_no_torch_transformers_or_ray(tmp_path: Path) -> None:
+    script = (
+        "import json, sys\n"
+        "from kbench.commands.cli import main\n"
+        f"for argv in {LIGHT_COMMANDS!r}:\n"
+        "    try:\n"
+        "        main([*argv, '--tracking-uri', sys.argv[1]] if argv[0] == 'table' else argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, f"sqlite:///{tmp_path / 'none.db'}"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def test_ls_models_lists_the_catalog_which_equals_the_registry(capsys: pytest.CaptureFixture) -> None:
+    plugins = {e.name for e in plugin_entry_points()}
+    registered = {
+        name: (MODELS.get(name).__module__, MODELS.describe(name)) for name in MODELS.names() if name not in plugins
+    }
+    assert registered == BUILTIN_MODELS
+    assert main(["ls", "models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(BUILTIN_MODELS)
+    assert lines[3].split(maxsplit=1)[1] == BUILTIN_MODELS["kaleido"][1]
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["models.kaleido.kpg=foo", "models.kaleido.kpq=kaleido", "pretrain.workers=5", "tasks.itr.finetune.lr=fast"],
+)
+def test_config_refuses_what_run_refuses_in_the_same_line(
+    override: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_code, run_err = run_cli(["run", *SMOKE, "--set", override, "--tracking-uri", uri], capsys)
+    config_code, config_err = run_cli(["config", *SMOKE, "--set", override], capsys)
+    assert run_code == config_code == 2
+    assert config_err.startswith("kbench: error: ") and "\n" not in config_err
+    assert config_err == run_err.splitlines()[-1]
+
+
+def test_config_prints_model_options_and_task_cards(capsys: pytest.CaptureFixture) -> None:
+    assert main(["config", *SMOKE, "--model", "kaleido,fashionbert", "--task", "itr,cr"]) == 0
+    out = capsys.readouterr().out
+    shown = yaml.safe_load(out)
+    assert shown["models"]["kaleido"]["kpg"] == "kaleido+sod" and "agm" in shown["models"]["kaleido"]
+    assert shown["models"]["fashionbert"]["hidden_size"] == shown["model"]["hidden_size"] == 64
+    assert sorted(shown["tasks"]) == ["cr", "itr"]
+    assert shown["tasks"]["itr"]["version"] == 1 and shown["tasks"]["itr"]["kind"] == "retrieval"
+    assert shown["tasks"]["cr"]["finetune"]["epochs"] > 0
+    hashes = [line for line in out.splitlines() if line.startswith("# kbench.config_hash")]
+    assert [h.split(":")[0] for h in hashes] == [
+        "# kbench.config_hash of kaleido, seed 0",
+        "# kbench.config_hash of fashionbert, seed 0",
+    ]
+
+
+@pytest.mark.slow
+def test_config_prints_the_hash_the_run_tags(smoke_run: dict, capsys: pytest.CaptureFixture) -> None:
+    client = MlflowClient(tracking_uri=smoke_run["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    tagged = {
+        r.data.tags["kbench.model"]: r.data.tags["kbench.config_hash"] for r in runs if "kbench.model" in r.data.tags
+    }
+    assert main(["config", *SMOKE, "--model", "fashionbert,kaleido"]) == 0
+    printed = dict(
+        line.removeprefix("# kbench.config_hash of ").split(", seed 0: ")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("# kbench.config_hash")
+    )
+    assert printed == {"fashionbert": tagged["fashionbert"], "kaleido": tagged["kaleido"]}
+
+
+def _options(parser: argparse.ArgumentParser) -> list[tuple[str, argparse.Action, str]]:
+    """Every option of every subcommand, with its rendered help line."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += [(f"{name} {opt}", a, text) for opt, a, text in _options(sub)]
+        elif action.option_strings and action.help != argparse.SUPPRESS:
+            text = parser._get_formatter()._get_help_string(action) % {"default": action.default}
+            found.append((action.option_strings[-1], action, text))
+    return found
+
+
+def test_help_shows_every_option_with_text_and_default_and_lists_every_command(capsys) -> None:
+    parser = build_parser()
+    options = _options(parser)
+    assert len(options) > 100
+    for name, action, text in options:
+        assert text, f"{name} has no help"
+        hidden = action.default is None or action.default is False or action.default in ([], argparse.SUPPRESS)
+        shows = hidden or "(default" in text
+        assert shows, f"{name}: default {action.default!r} not shown in {text!r}"
+    assert "(default: 5000)" in dict((n, t) for n, _, t in options)["ui --port"]
+    assert "(default: kaleido)" in dict((n, t) for n, _, t in options)["bench --model"]
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert "tune" in commands and all(f"    {name}" in top for name in commands)
+
+
+def test_ls_profiles_shows_whole_first_sentences(capsys: pytest.CaptureFixture) -> None:
+    assert main(["ls", "profiles"]) == 0
+    lines = {line.split()[0]: line.split(maxsplit=1)[1] for line in capsys.readouterr().out.splitlines()}
+    assert sorted(lines) == ["default", "paper", "smoke"]
+    assert all(description.endswith(".") for description in lines.values())
+    assert lines["paper"].endswith("CR and SUB at batch 256), GPUs.")

@@ -1,4 +1,4 @@
-"""The ``kbench`` command line: run, ablate, table, compare, plot, ui, reproduce, ls, config, data, bench.
+"""The ``kbench`` command line: one handler per subcommand, which ``kbench --help`` lists.
 
 Every subcommand is a function of its parsed options, so tests drive the same entry point as users.
 """
@@ -6,6 +6,8 @@ Every subcommand is a function of its parsed options, so tests drive the same en
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -17,12 +19,39 @@ from typing import Any
 import yaml
 
 import kbench
-from kbench.core.config import PROFILES, Config, digest, override_strings, profile_description, resolve_config
+from kbench.core.config import PROFILES, Config, override_strings, profile_description, resolve_config
 from kbench.core.errors import KbenchError
+
+DESCRIPTION = (
+    "Kaleido-BERT and its baselines on the Fashion-Gen tasks: pre-train, fine-tune and evaluate (run, ablate, tune), "
+    "then read the results back from MLflow (table, compare, plot, ui, export)."
+)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default after its help, unless the help says it already or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and _shown_default(action.default) and "(default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _shown_default(value: object) -> bool:
+    return not (value is None or value is False or value == [] or value == argparse.SUPPRESS)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with ``HelpFormatter``; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kbench", description=__doc__.splitlines()[0])
+    parser = Parser(prog="kbench", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"kbench {kbench.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -76,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = table.add_mutually_exclusive_group(required=True)
     which.add_argument("--main", action="store_true", help="Tables 2 and 3 (retrieval; CR, SUB, FC)")
     which.add_argument("--ablation", metavar="BLOCK", help="one block of Table 4: kpg, agm or akpm")
-    table.add_argument("--format", default="md", choices=("md", "latex", "csv", "html"))
+    table.add_argument("--format", default="md", choices=("md", "latex", "csv", "html"), help="the table's format")
     table.add_argument("--profile", help="only runs of this profile (default: that of the newest run)")
     table.add_argument("--dataset", help="only runs on this dataset (default: that of the newest run)")
     table.add_argument("--limit", type=int, help="only runs limited to the first N products (default: full runs)")
@@ -89,15 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only runs whose config is what kbench run with these --profile, --dataset, --set, --config would use",
     )
-    table.add_argument("--config", dest="config_files", type=Path, action="append", default=[], metavar="FILE")
-    table.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    table.add_argument(
+        "--config",
+        dest="config_files",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="with --match: YAML overrides in the profile's layout, applied before --set",
+    )
+    table.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="with --match: a config key"
+    )
     _add_tracking_args(table)
     table.set_defaults(handler=cmd_table)
 
     compare = sub.add_parser("compare", help="two runs or models metric by metric: paired intervals and p-values")
     compare.add_argument("a", metavar="RUN_A", help="a run id, or model[:variant] (its newest config's seeds)")
     compare.add_argument("b", metavar="RUN_B", help="a run id, or model[:variant]")
-    compare.add_argument("--format", default="md", choices=("md", "csv"))
+    compare.add_argument("--format", default="md", choices=("md", "csv"), help="the comparison's format")
     compare.add_argument("--profile", help="of model[:variant] runs (default: that of the newest run)")
     compare.add_argument("--dataset", help="of model[:variant] runs (default: that of the newest run)")
     compare.add_argument("--limit", type=int, help="model[:variant] runs limited to N products (default: full runs)")
@@ -119,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(handler=cmd_plot)
 
     ui = sub.add_parser("ui", help="serve the MLflow UI of the tracking store on 127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=5000, help="the port to serve on")
     ui.add_argument("--tracking-uri", help="the store to serve (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.set_defaults(handler=cmd_ui)
 
@@ -136,11 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     ls = sub.add_parser("ls", help="list registered models, tasks, datasets, protocols, encoders or profiles")
-    ls.add_argument("what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"))
+    ls.add_argument(
+        "what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"), help="what to list"
+    )
     ls.set_defaults(handler=cmd_ls)
 
-    config = sub.add_parser("config", help="print the resolved config of a profile and its hash")
+    config = sub.add_parser(
+        "config", help="check a config as kbench run does; print it resolved, and the hash its trials are tagged with"
+    )
+    config.add_argument("--model", default="kaleido", help="zoo entries whose options and hashes are printed, or all")
+    config.add_argument("--task", default="all", help="tasks whose cards are printed, comma-separated, or all")
+    config.add_argument("--seed", type=int, default=0, help="the seed of the trial hash printed")
     _add_config_args(config)
+    _add_include_arg(config)
     config.set_defaults(handler=cmd_config)
 
     data = sub.add_parser("data", help="dataset utilities")
@@ -152,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="time feature extraction, pre-training steps and retrieval scoring")
     _add_config_args(bench, profile=None)
-    bench.add_argument("--model", default="kaleido")
+    bench.add_argument("--model", default="kaleido", help="the zoo entry whose pre-training steps are timed")
     bench.add_argument("--out", type=Path, help="JSON file to write (default results/bench.json, bench-scale.json)")
     bench.add_argument(
         "--scale",
@@ -427,26 +474,21 @@ def cmd_export(opts: argparse.Namespace) -> int:
 
 
 def cmd_ls(opts: argparse.Namespace) -> int:
+    from kbench.core.catalog import descriptions, model_listing
+
     if opts.what == "profiles":
-        for name in PROFILES:
-            print(f"{name:<8}  {profile_description(name)}")
-        return 0
-    registry = _registry(opts.what)
-    width = max(len(n) for n in registry.names())
-    for name in registry.names():
-        try:
-            description = registry.describe(name)
-        except KbenchError as exc:  # a broken plug-in is listed with its error, the others still are
-            description = f"(broken) {exc}"
+        listing = {name: profile_description(name) for name in PROFILES}
+    elif opts.what == "models":
+        listing = model_listing()  # from the catalog: no torch for a listing
+    else:
+        listing = descriptions(_registry(opts.what))
+    width = max(len(name) for name in listing)
+    for name, description in listing.items():
         print(f"{name:<{width}}  {description}")
     return 0
 
 
 def _registry(what: str):
-    if what == "models":
-        from kbench.models.zoo import MODELS
-
-        return MODELS
     if what == "tasks":
         from kbench.tasks import TASKS
 
@@ -465,10 +507,30 @@ def _registry(what: str):
 
 
 def cmd_config(opts: argparse.Namespace) -> int:
+    """Check the config as ``kbench run`` would, then print it with each model's options in full, each task's card
+    as the profile resolves it, and each trial's ``kbench.config_hash``."""
+    from kbench.engine.runner import check_config, parse_models
+    from kbench.engine.trial import TrialSpec, config_hash, resolved_options
+    from kbench.tasks import build_task, parse_tasks
+
     cfg = config_of(opts)
-    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-    print(f"# config hash: {digest(cfg.results_dict())}")
+    specs = [TrialSpec(model, opts.seed) for model in parse_models(opts.model)]
+    tasks = parse_tasks(opts.task, cfg.runtime.include_paths)
+    check_config(cfg, specs, tasks)
+    shown = cfg.to_dict()
+    shown["models"] = {s.model: resolved_options(cfg, s.model) for s in specs}
+    shown["tasks"] = {name: _task_fields(build_task(name, cfg.tasks.get(name, {}))) for name in tasks}
+    print(yaml.safe_dump(json.loads(json.dumps(shown, default=str)), sort_keys=False), end="")
+    for spec in specs:
+        print(f"# kbench.config_hash of {spec.model}, seed {spec.seed}: {config_hash(cfg, spec)}")
     return 0
+
+
+def _task_fields(task: Any) -> dict[str, Any]:
+    """A task's card as a trial reads it: version, kind, metrics, the fine-tuning recipe and the kind's options."""
+    card = task.card
+    head = {"version": card.version, "kind": card.kind, "primary_metric": card.primary_metric}
+    return {**head, "finetune": dataclasses.asdict(task.recipe), **dataclasses.asdict(task.options)}
 
 
 def cmd_data_synth(opts: argparse.Namespace) -> int:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -202,9 +204,10 @@ def digest(*parts: Any) -> str:
 
 
 def profile_description(profile: str) -> str:
-    """The first comment line of a profile's YAML file."""
-    first = _profile_text(profile).splitlines()[0]
-    return first.lstrip("# ").strip()
+    """The first sentence of the comment a profile's YAML file opens with, however many lines it spans."""
+    lines = itertools.takewhile(lambda line: line.startswith("#"), _profile_text(profile).splitlines())
+    comment = " ".join(line.lstrip("# ").strip() for line in lines)
+    return re.split(r"(?<=\.)\s", comment, maxsplit=1)[0]
 
 
 def _profile_text(profile: str) -> str:

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 from kbench.metrics.retrieval import to_numpy
 
@@ -19,6 +18,8 @@ def classification_scores(
 
     ``unseen`` marks true labels outside ``labels`` (a test label that training never saw): every such example is
     an error, a false positive of the label predicted for it, and in ``macro_f_present`` a class of its own."""
+    from sklearn.metrics import accuracy_score, f1_score  # here: kbench table reads metrics without sklearn's ~1 s
+
     t, p = to_numpy(y_true), to_numpy(y_pred)
     if t.ndim != 1 or p.ndim != 1 or t.shape != p.shape or t.size == 0:
         raise ValueError(f"y_true and y_pred must be non-empty, 1-D, equally long; got {t.shape}, {p.shape}")

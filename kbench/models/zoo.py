@@ -14,7 +14,6 @@ import inspect
 import logging
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +22,7 @@ from transformers import BertConfig, BertForPreTraining
 from transformers.models.bert.modeling_bert import BertLMPredictionHead, BertOnlyMLMHead
 from transformers.utils import logging as hf_logging
 
+from kbench.core.catalog import plugin_entry_points
 from kbench.core.errors import KbenchError, did_you_mean
 from kbench.core.registry import Registry
 from kbench.models.base import VLPreTrainedModel
@@ -41,14 +41,13 @@ def discover_models() -> None:
 
     for module in (*BUILTIN_MODULES, *(m.name for m in pkgutil.iter_modules(baselines.__path__, "kbench.baselines."))):
         importlib.import_module(module)
-    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for entry in plugin_entry_points():
         if entry.name in MODELS:
             log.warning("entry point %s = %s ignored: model %r already exists", entry.name, entry.value, entry.name)
             continue
         MODELS.register(entry.name, entry.value)
 
 
-ENTRY_POINT_GROUP = "kbench.models"  # an installed package's plug-ins: name = "package.module:Class"
 MODELS: Registry[type[VLPreTrainedModel]] = Registry(
     "model", base=VLPreTrainedModel, discover=discover_models, importable=True
 )

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
-from scipy import stats
 from tabulate import tabulate
 
 from kbench.core.config import Config
@@ -27,7 +26,6 @@ from kbench.core.errors import KbenchError
 from kbench.engine.ablations import BLOCKS, blocks
 from kbench.metrics import significance
 from kbench.metrics.sums import PAPER_TASKS
-from kbench.models.zoo import MODELS
 from kbench.report import latex
 from kbench.report.selection import Selection, select
 
@@ -142,6 +140,8 @@ def summarise(values: pd.Series) -> tuple[float, float | None, int]:
         return float("nan"), None, 0
     if len(v) == 1:
         return float(v[0]), None, 1
+    from scipy import stats  # here: a table of single-seed runs needs no scipy.stats
+
     half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
     return float(v.mean()), float(half), len(v)
 
@@ -159,6 +159,8 @@ def label(model: str) -> str:
 
 def display_name(model: str) -> str:
     """A zoo entry's ``display_name`` where it sets one and can be loaded here, else its name."""
+    from kbench.models.zoo import MODELS  # here: reading a table imports no model (nor torch) for kbench's own rows
+
     try:
         name = MODELS.get(model).display_name
     except KbenchError:  # a plug-in this process cannot import: the runs still have a row
