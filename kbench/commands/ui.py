@@ -31,7 +31,9 @@ def serve(uri: str, port: int) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so that stopping it reaches uvicorn's processes
         )
-    print(f"MLflow UI of {uri} at http://127.0.0.1:{port} (Ctrl-C stops it; server log: {log})", flush=True)
+    from kbench.engine.tracking import ui_address
+
+    print(f"MLflow UI of {uri} at {ui_address(uri, port)} (Ctrl-C stops it; server log: {log})", flush=True)
     try:
         code = server.wait()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM through kbench's handler

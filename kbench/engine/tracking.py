@@ -237,6 +237,21 @@ def _variant_name(tags: Mapping[str, str]) -> str:
     return "" if variant == "default" else re.sub(r"[^\w.\- /:]", "_", variant)
 
 
+def experiment_url(base: str, experiment_id: str) -> str:
+    """The UI's page of the experiment's runs table (MLflow 3's UI otherwise opens experiments on GenAI traces)."""
+    return f"{base}/#/experiments/{experiment_id}/runs?{UI_QUERY}"
+
+
+def ui_address(uri: str, port: int, experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """Where ``kbench ui`` points: the runs table of ``experiment`` when the store has it, else the UI's home."""
+    base = f"http://127.0.0.1:{port}"
+    try:
+        found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    except MlflowException:
+        return base
+    return experiment_url(base, found.experiment_id) if found else base
+
+
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     items = [Param(k, json.dumps(v) if isinstance(v, dict | list) else str(v)) for k, v in params.items()]
     for i in range(0, len(items), _BATCH):
