@@ -93,7 +93,8 @@ def run_key(run: pd.Series) -> str:
 def _compared(run: pd.Series) -> dict[str, str]:
     """The run's logged params that describe its configuration."""
     params = run.get("params")
-    return {k: v for k, v in (params if isinstance(params, dict) else {}).items() if k not in IGNORED_PARAMS}
+    given = params if isinstance(params, dict) else {}  # hash.* params are per trial, and tags too
+    return {k: v for k, v in given.items() if k not in IGNORED_PARAMS and not k.startswith("hash.")}
 
 
 def matches(run: pd.Series, base: Config) -> bool:
