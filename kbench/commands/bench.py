@@ -97,7 +97,7 @@ def synthetic_context(
     n, text_len = cfg.pretrain.batch_size, cfg.data.max_text_len
     batch = _random_batch(n, text_len, patching.scheme.num_patches, dim, torch.device("cpu"))
     text = TokenizedText(batch["input_ids"], batch["attention_mask"], batch["word_ids"])
-    views = {"rotated": np.random.rand(n, 3, dim), "grey": np.random.rand(n, 16, dim)} if patching.akpm_views else {}
+    views = {view.name: np.random.rand(n, view.size, dim) for view in patching.views}
     features = features_from_arrays(
         directory / "store",
         batch["patch_features"].numpy(),
