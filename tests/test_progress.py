@@ -12,6 +12,8 @@ import pytest
 
 from kbench.core import progress
 from kbench.core.progress import RunProgress, begin, stage
+from kbench.features.extraction import features_label
+from kbench.models.kaleido.kpg import kpg_patching
 
 
 def test_the_first_line_says_what_starts(capsys: pytest.CaptureFixture) -> None:
@@ -44,6 +46,34 @@ def test_the_overall_line_counts_trials_over_the_stage_bars(capsys: pytest.Captu
     assert final[1].startswith("features (1 stores)") and " 4/4 " in final[1]
     assert final[2].startswith("kaleido/seed0 pre-train") and " 10/10 " in final[2]
     assert len(final) == 3
+
+
+def test_feature_stage_labels_say_split_and_patching_in_whole_words() -> None:
+    locked = kpg_patching("kaleido+sod", "border-contrast", akpm_views=True)
+    assert features_label("train", locked) == "features train · kaleido, locked"
+    assert features_label("test", kpg_patching("scale-fixed", "border-contrast", akpm_views=False)) == (
+        "features test · grid-8"
+    )
+
+
+def test_labels_stay_whole_at_80_columns(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Narrow columns go and the bar narrows before a label is touched; the longest ablation label wraps between
+    words rather than being cut."""
+    monkeypatch.setenv("COLUMNS", "80")
+    stage_label = features_label("train", kpg_patching("kaleido+sod", "border-contrast", akpm_views=True))
+    with RunProgress(2) as display:
+        display.started("a", "kaleido/seed0")
+        display.stage("a", "kaleido/seed0", stage_label, 1200, 2560)
+        display.stage("b", "kaleido/kpg:kaleido+sod/seed2", stage_label, 3, 2560)
+    final = capsys.readouterr().err.splitlines()[1:]
+    assert all(len(line) <= 80 for line in final) and "…" not in "".join(final)
+    assert final[0].startswith("trial 2/2 kaleido/kpg:kaleido+sod/seed2 · features ") and " 0/2 " in final[0]
+    assert final[1].rstrip() == "train · kaleido, locked"
+    short = next(i for i, line in enumerate(final) if line.startswith("kaleido/seed0 "))
+    assert final[short].startswith("kaleido/seed0 features train · kaleido, locked ") and " 1200/2560 " in final[short]
+    long = next(i for i, line in enumerate(final) if line.startswith("kaleido/kpg:"))
+    assert final[long].startswith("kaleido/kpg:kaleido+sod/seed2 features train · kaleido, ")
+    assert " 3/2560 " in final[long] and final[long + 1].strip() == "locked"
 
 
 @pytest.mark.slow

@@ -9,10 +9,11 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column, Table
 from rich.text import Text
 
 T = TypeVar("T")
@@ -39,10 +41,18 @@ _display: RunProgress | None = None  # the run's display while one is shown; the
 def begin(subject: str, profile: str | None, seeds: int, verbose: bool = False) -> None:
     """Print the first line of a run (what starts), before kbench's heavy imports and Ray; unless ``verbose``, keep
     libraries' chatter (Ray's, the trials' output, matplotlib's notices) out of the terminal for the run."""
-    global _verbose, _begun
-    _verbose, _begun = verbose, time.monotonic()
+    global _begun
+    _begun = time.monotonic()
     seeds_text = f"{seeds} seed{'' if seeds == 1 else 's'}"
     print(f"kbench: {subject} · {profile} profile · {seeds_text} · starting…", file=sys.stderr, flush=True)
+    set_verbose(verbose)
+
+
+def set_verbose(verbose: bool) -> None:
+    """Show Ray's and the trials' output on the terminal (``verbose``), or keep it and libraries' chatter (Ray's,
+    matplotlib's notices) out of it, in the run's log file (``--verbose`` and the API's ``verbose=``)."""
+    global _verbose
+    _verbose = verbose
     if not verbose:
         logging.getLogger("matplotlib").setLevel(logging.ERROR)  # "Matplotlib is building the font cache..."
 
@@ -66,15 +76,59 @@ class RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:,.1f}/s", style="progress.data.speed")
 
 
-def bar_columns() -> tuple:
-    return (
-        TextColumn("{task.description:<34}"),
-        BarColumn(bar_width=30),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
+BAR_WIDTH, MIN_BAR_WIDTH = 30, 5
+_FIXED = Column(no_wrap=True)  # a column the fitting never narrows
+_WRAPPING = Column(overflow="fold")  # a description: wraps between words as a last resort, never cut
+
+
+class FittedProgress(Progress):
+    """Progress lines whose descriptions are never cut: where the terminal is too narrow for a line, its bar
+    narrows, then its ``optional`` columns go, in order, and only then does the description wrap, between words
+    (rich alone would cut every column short, the description with them)."""
+
+    def __init__(self, *columns: ProgressColumn, optional: tuple[ProgressColumn, ...] = (), **kwargs: Any) -> None:
+        self.every, self.optional = columns, optional
+        self.bar = next(c for c in columns if isinstance(c, BarColumn))
+        super().__init__(*columns, **kwargs)
+
+    def make_tasks_table(self, tasks: Iterable[Task]) -> Table:
+        shown = [t for t in tasks if t.visible]
+        if not shown:
+            return super().make_tasks_table(shown)
+        columns = list(self.every)
+        room = self.console.width - self._width(columns, shown)
+        for column in self.optional:
+            if room >= MIN_BAR_WIDTH:
+                break
+            columns.remove(column)
+            room = self.console.width - self._width(columns, shown)
+        self.bar.bar_width = max(MIN_BAR_WIDTH, min(BAR_WIDTH, room))
+        self.columns = tuple(columns)
+        return super().make_tasks_table(shown)
+
+    def _width(self, columns: list[ProgressColumn], tasks: list[Task]) -> int:
+        """The cells ``columns`` take on a line of ``tasks`` besides the bar, the spaces between columns included."""
+        cells = [
+            max((Measurement.get(self.console, self.console.options, c(t)).maximum for t in tasks), default=0)
+            for c in columns
+            if c is not self.bar
+        ]
+        return sum(cells) + len(columns) - 1
+
+
+def stage_bars(**kwargs: Any) -> FittedProgress:
+    """The bars of long stages, their labels whole at any terminal width; the elapsed time, then the rate, go where
+    the terminal is narrow."""
+    rate, elapsed = RateColumn(table_column=_FIXED), TimeElapsedColumn(table_column=_FIXED)
+    columns = (
+        TextColumn("{task.description}", table_column=_WRAPPING),
+        BarColumn(bar_width=BAR_WIDTH, table_column=_FIXED),
+        MofNCompleteColumn(table_column=_FIXED),
+        rate,
+        elapsed,
+        TimeRemainingColumn(table_column=_FIXED),
     )
+    return FittedProgress(*columns, optional=(elapsed, rate), **kwargs)
 
 
 @contextlib.contextmanager
@@ -101,7 +155,7 @@ def stage(description: str, total: float) -> Iterator[Callable[[float], None]]:
         task = _display.bars.add_task(description, total=total)
         yield lambda n=1: _display.bars.advance(task, n)
         return
-    with Progress(*bar_columns(), transient=not sys.stderr.isatty(), disable=not sys.stderr.isatty()) as bars:
+    with stage_bars(transient=not sys.stderr.isatty(), disable=not sys.stderr.isatty()) as bars:
         task = bars.add_task(description, total=total)
         yield lambda n=1: bars.advance(task, n)
 
@@ -131,17 +185,19 @@ class RunProgress:
     def __init__(self, trials: int, noun: str = "trial") -> None:
         self.console = Console(stderr=True)
         self.noun, self.total, self.done = noun, trials, 0
-        self.overall = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(bar_width=30),
-            MofNCompleteColumn(),
-            TextColumn(f"{noun}s done"),
-            SinceBegin(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+        done = TextColumn(f"{noun}s done", table_column=_FIXED)
+        self.overall = FittedProgress(
+            TextColumn("{task.description}", table_column=_WRAPPING),
+            BarColumn(bar_width=BAR_WIDTH, table_column=_FIXED),
+            MofNCompleteColumn(table_column=_FIXED),
+            done,
+            SinceBegin(table_column=_FIXED),
+            TextColumn("ETA", table_column=_FIXED),
+            TimeRemainingColumn(table_column=_FIXED),
+            optional=(done,),
             console=self.console,
         )
-        self.bars = Progress(*bar_columns(), console=self.console)
+        self.bars = stage_bars(console=self.console)
         self.task = self.overall.add_task("", total=trials, since=_begun or time.monotonic())
         self.live = Live(Group(self.overall, self.bars), console=self.console, refresh_per_second=4)
         self.numbers: dict[str, int] = {}  # a trial's key -> its k, in the order trials started

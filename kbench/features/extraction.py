@@ -67,13 +67,20 @@ def load_features(split: Split, patching: Patching, cfg: FeatureConfig, device: 
             encoder.to(device)
             rows = split.meta["row"].to_numpy()
             todo = sum(len(store.shard_span(k)) for k in missing)
-            with stage(f"features {split.name} {patching.name}", todo) as advance:
+            with stage(features_label(split.name, patching), todo) as advance:
                 for shard in missing:
                     span = store.shard_span(shard)
                     extract_shard(
                         store, shard, split.path, rows[span.start : span.stop], patching, encoder, cfg, device, advance
                     )
     return PatchFeatures(store)
+
+
+def features_label(split: str, patching: Patching) -> str:
+    """The progress label of extracting ``split``'s store: whole words, short enough for an 80-column bar line
+    (``features train · kaleido, locked``)."""
+    locked = ", locked" if patching.detector is not None else ""
+    return f"features {split} · {patching.scheme.name}{locked}"
 
 
 def extract_shard(
@@ -143,7 +150,9 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
         )
         started, done_rows, peak = time.monotonic(), 0, 0.0
         in_flight: dict = {}
-        with stage(f"features ({len(stores)} stores)", total) as advance:
+        _, _, (split, patching) = pending[0]
+        label = features_label(split.name, patching) if len(stores) == 1 else f"features · {len(stores)} stores"
+        with stage(label, total) as advance:
             while pending or in_flight:
                 while pending and len(in_flight) < cfg.workers:
                     store, shard, (split, patching) = pending.popleft()
