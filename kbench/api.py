@@ -20,6 +20,7 @@ import pandas as pd
 
 from kbench.core.config import Config, override_strings, resolve_config
 from kbench.core.errors import KbenchError
+from kbench.core.progress import set_verbose
 from kbench.engine.ablations import blocks
 from kbench.engine.checkpoints import is_run_uri, model_of, own_options, save_instance
 from kbench.engine.runner import ablation_specs, execute, model_specs, parse_models
@@ -27,7 +28,7 @@ from kbench.engine.tracking import tracking_uri
 from kbench.engine.trial import TrialSpec
 from kbench.models.base import VLPreTrainedModel
 from kbench.models.zoo import MODELS
-from kbench.report.results_file import output_dir, run_document, write
+from kbench.report.results_file import output_dir, record, run_document, write
 from kbench.report.tables import Samples, build_ablation, build_main, interval, load_runs
 from kbench.tasks import parse_tasks
 
@@ -99,11 +100,10 @@ class Results:
             )
         return build_main(self.tracking_uri, self.experiment, fmt, **selection)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the results file of these runs (docs/results-file.md) into ``directory``; return its path."""
-        command = "ablate" if self.blocks else "run"
-        document = run_document(
-            command,
+    def document(self) -> dict[str, Any]:
+        """The results file of these runs (docs/results-file.md), read back from MLflow."""
+        return run_document(
+            "ablate" if self.blocks else "run",
             self.invocation,
             self.config,
             self.tracking_uri,
@@ -113,9 +113,15 @@ class Results:
             self.to_pandas(),
             self.runs(),
         )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the results file of these runs (docs/results-file.md) into ``directory``; return its path."""
+        return write(output_dir(directory), self.stem(), self.document())
+
+    def stem(self) -> str:
+        """The results file's name before its time: the model(s), or ``ablate-<model>``."""
         models = sorted({label.split("/")[0] for label in self.run_ids})
-        stem = f"ablate-{self.model}" if self.blocks else ("+".join(models) if len(models) <= 3 else "models")
-        return write(output_dir(directory), stem, document)
+        return f"ablate-{self.model}" if self.blocks else ("+".join(models) if len(models) <= 3 else "models")
 
 
 def evaluate(
@@ -135,6 +141,7 @@ def evaluate(
     ray_address: str | None = None,
     resume: bool = False,
     output_path: str | Path | None = None,
+    verbose: bool = False,
 ) -> Results:
     """Pre-train (or load), fine-tune and evaluate ``model`` on ``tasks``, one Ray Tune trial per (model, seed).
 
@@ -145,7 +152,10 @@ def evaluate(
     entry). ``finetune=False`` scores the pre-trained heads alone. ``overrides`` are config keys
     (``{"pretrain.lr": 1e-4}`` or ``["pretrain.lr=1e-4"]``), applied after ``config_files``; ``seeds`` is a count
     (seeds 0..n-1) or the seeds themselves. ``output_path`` names a directory to write the results file into.
+    ``verbose=True`` shows Ray's and the trials' output here (the CLI's ``--verbose``); by default it goes to the
+    run's log file, named once on stderr.
     """
+    set_verbose(verbose)
     if output_path is not None:
         output_dir(output_path)
     model, given = _given(model, checkpoint, tracking_uri)
@@ -173,10 +183,12 @@ def ablate(
     experiment: str = "kbench",
     ray_address: str | None = None,
     output_path: str | Path | None = None,
+    verbose: bool = False,
 ) -> Results:
     """The paper's Table 4 ablations (``kpg``, ``agm``, ``akpm`` or ``all``) of ``model``: every (variant, seed) is
     a trial through all five tasks; trials that already finished with the same config are not run again.
-    ``output_path`` names a directory to write the results file into."""
+    ``output_path`` names a directory to write the results file into; ``verbose`` is as ``evaluate``'s."""
+    set_verbose(verbose)
     if output_path is not None:
         output_dir(output_path)
     overrides = override_strings(overrides)
@@ -201,7 +213,8 @@ def _finish(
     seeds: int | Sequence[int],
     output_path: str | Path | None,
 ) -> Results:
-    """Record the call's arguments on ``results`` and, given ``output_path``, write its results file there."""
+    """Record the call's arguments on ``results``; log its results file on the parent run (where this call made one)
+    and, given ``output_path``, write it there too."""
     results.invocation = {
         **arguments,
         "profile": profile,
@@ -211,8 +224,10 @@ def _finish(
         "data_dir": None if data_dir is None else str(data_dir),
         "seeds": _seeds(seeds),
     }
-    if output_path is not None:
-        log.info("wrote %s", results.save(output_path))
+    if results.parent_run_id is not None or output_path is not None:
+        written = record(results.document(), results.tracking_uri, results.parent_run_id, output_path, results.stem())
+        if written is not None:
+            log.info("wrote %s", written)
     return results
 
 

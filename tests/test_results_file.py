@@ -1,5 +1,6 @@
 """``--output-path DIR``: one results file per invocation, valid against the shipped schema, equal to what MLflow
-logged, with the intervals ``Results.to_pandas`` gives; a bad directory is refused before anything runs."""
+logged and to the ``results.json`` of the parent run, with the intervals ``Results.to_pandas`` gives; a bad
+directory is refused before anything runs."""
 
 from __future__ import annotations
 
@@ -62,11 +63,13 @@ def test_each_invocation_writes_its_own_valid_file(invocations: dict) -> None:
 
 
 @pytest.mark.slow
-def test_the_file_matches_the_mlflow_runs(invocations: dict) -> None:
+def test_the_file_matches_the_mlflow_runs(invocations: dict, tmp_path: Path) -> None:
     document = load(invocations["first"][0])
     client = MlflowClient(tracking_uri=invocations["uri"])
     experiment = client.get_experiment_by_name("rf")
     parent = document["mlflow"]["parent_run_id"]
+    logged = Path(client.download_artifacts(parent, "results.json", str(tmp_path)))
+    assert logged.read_text() == invocations["first"][0].read_text(), "the parent run holds the same file"
     assert document["mlflow"]["experiment_id"] == experiment.experiment_id
     assert document["git_sha"] == client.get_run(parent).data.tags["kbench.git_sha"]
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
@@ -113,7 +116,7 @@ def test_a_bad_output_path_fails_before_anything_runs(
     for bad, reason in ((afile, "is a file; it takes a directory"), (afile / "sub", "cannot create the directory")):
         argv = [*command, "--profile", "smoke", "--tracking-uri", f"sqlite:///{store}", "--output-path", str(bad)]
         assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
+        *first, err = capsys.readouterr().err.strip().splitlines()
         assert err.startswith(f"kbench: error: --output-path {bad}") and reason in err
-        assert "\n" not in err
+        assert len(first) == 1 and first[0].endswith("starting…")  # the run's first line, then the one error line
     assert not store.exists(), "nothing ran: no tracking store was made"

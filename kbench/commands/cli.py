@@ -337,6 +337,7 @@ def _common(opts: argparse.Namespace) -> dict[str, Any]:
         "experiment": opts.experiment,
         "ray_address": opts.ray_address,
         "output_path": opts.output_path,
+        "verbose": opts.verbose,
     }
 
 
@@ -352,8 +353,6 @@ def cmd_run(opts: argparse.Namespace) -> int:
 
 
 def cmd_tune(opts: argparse.Namespace) -> int:
-    import time
-
     from kbench.core.progress import begin
 
     begin(f"tune {opts.model} on {opts.task}, {opts.samples} samples", opts.profile, 1, opts.verbose)
@@ -363,26 +362,25 @@ def cmd_tune(opts: argparse.Namespace) -> int:
 
     if opts.output_path:
         output_dir(opts.output_path)
-    cfg, since = config_of(opts), int(time.time() * 1000)
-    uri = tracking_uri(opts.tracking_uri)
-    print(
-        tune_recipe(
-            cfg,
-            opts.model,
-            opts.task,
-            opts.samples,
-            seed=opts.seed,
-            out=opts.out,
-            uri=uri,
-            experiment=opts.experiment,
-            ray_address=opts.ray_address,
-        )
+    cfg, uri = config_of(opts), tracking_uri(opts.tracking_uri)
+    tuned = tune_recipe(
+        cfg,
+        opts.model,
+        opts.task,
+        opts.samples,
+        seed=opts.seed,
+        out=opts.out,
+        uri=uri,
+        experiment=opts.experiment,
+        ray_address=opts.ray_address,
     )
-    if opts.output_path:
-        invocation = {"model": opts.model, "task": opts.task, "samples": opts.samples, "seeds": [opts.seed]}
-        invocation |= {"profile": opts.profile, "overrides": _overrides(opts), "dataset": opts.dataset}
-        invocation |= {"config_files": [str(f) for f in opts.config_files], "data_dir": opts.data_dir}
-        print(save_tune(opts.output_path, invocation, cfg, uri, opts.experiment, since))
+    print(tuned.report)
+    invocation = {"model": opts.model, "task": opts.task, "samples": opts.samples, "seeds": [opts.seed]}
+    invocation |= {"profile": opts.profile, "overrides": _overrides(opts), "dataset": opts.dataset}
+    invocation |= {"config_files": [str(f) for f in opts.config_files], "data_dir": opts.data_dir}
+    written = save_tune(opts.output_path, invocation, cfg, uri, opts.experiment, tuned.parent_run_id)
+    if written is not None:
+        print(written)
     return 0
 
 

@@ -45,6 +45,14 @@ EPOCH = "epoch"  # ASHA's time attribute: one report per fine-tuning epoch
 RUN_ID = "run_id"
 
 
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+    """What ``tune_recipe`` did: the report it prints and the invocation's MLflow parent run (its samples' parent)."""
+
+    report: str
+    parent_run_id: str
+
+
 def search_space(recipe: OptimConfig) -> dict[str, Any]:
     """Centred on the recipe the card and profile give: the learning rate over two decades around it, half, the
     same and double the batch size and the epochs, warm-up from none to 20 % of the steps."""
@@ -118,8 +126,9 @@ def tune_recipe(
     uri: str,
     experiment: str = "kbench",
     ray_address: str | None = None,
-) -> str:
-    """``kbench tune``: run the search, settle the samples' MLflow runs, write the best recipe; return the report."""
+) -> Tuned:
+    """``kbench tune``: run the search, settle the samples' MLflow runs, write the best recipe; return the report
+    and the parent run."""
     from kbench.engine.runner import check_inputs
 
     if "," in task_name or task_name == "all":
@@ -160,7 +169,7 @@ def tune_recipe(
         client.log_artifact(parent_id, str(out))
     rows.sort(key=lambda r: (r["status"] != "FINISHED", -(r[f"dev {metric}"] or -math.inf)))
     table = tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4g", missingval="–")
-    return f"{table}\n\nbest: {describe(settings)}\nwrote {out}; use: {usage}"
+    return Tuned(f"{table}\n\nbest: {describe(settings)}\nwrote {out}; use: {usage}", parent_id)
 
 
 def search(

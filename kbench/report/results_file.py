@@ -1,6 +1,7 @@
-"""The results file of one invocation (``--output-path DIR``): a JSON document of what ran (the invocation, the
-resolved config, versions, git sha, data fingerprint, config hashes), its metrics with their intervals, and where
-MLflow keeps its runs and per-sample files. The schema is docs/results-file.md and kbench/schemas/results.schema.json.
+"""The results file of one invocation: a JSON document of what ran (the invocation, the resolved config, versions,
+git sha, data fingerprint, config hashes), its metrics with their intervals, and where MLflow keeps its runs and
+per-sample files; logged as ``results.json`` on the invocation's parent run, and written to ``--output-path DIR``.
+The schema is docs/results-file.md and kbench/schemas/results.schema.json.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kbench.tasks.samples import ARTIFACT_DIR
 
 SCHEMA_VERSION = 1
 PACKAGES = ("torch", "transformers", "ray", "mlflow", "numpy")
+RESULTS_ARTIFACT = "results.json"  # the results file, at the artifact root of the invocation's parent run
 
 
 def schema() -> dict[str, Any]:
@@ -70,8 +72,7 @@ def write(directory: Path, stem: str, document: Mapping[str, Any]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump(document, out, indent=2, allow_nan=False)
-            out.write("\n")
+            out.write(dumps(document))
         os.chmod(tmp, 0o644)
         for n in itertools.count(1):
             final = directory / f"{stem}-{stamp}{'' if n == 1 else f'-{n}'}.json"
@@ -111,24 +112,16 @@ def run_document(
 
 
 def tune_document(
-    invocation: Mapping[str, Any], cfg: Config, uri: str, experiment: str, since_ms: int
+    invocation: Mapping[str, Any], cfg: Config, uri: str, experiment: str, parent_run_id: str
 ) -> dict[str, Any]:
-    """The results file of ``kbench tune``: its parent run (the newest ``tune`` run of ``experiment`` started
-    since ``since_ms``), every sample's recipe, status and dev metrics, and the best recipe, read from MLflow."""
+    """The results file of ``kbench tune``: its parent run ``parent_run_id``, every sample's recipe, status and dev
+    metrics, and the best recipe, read from MLflow."""
     from kbench.data import load_dataset
 
     client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    query = (
-        f"tags.`kbench.command` = 'tune' and tags.`kbench.model` = '{invocation['model']}' and "
-        f"tags.`kbench.search` = '{invocation['task']}' and attributes.start_time >= {since_ms}"
-    )
-    parents = client.search_runs([found.experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
-    if not parents:
-        raise KbenchError(f"no kbench tune run in experiment {experiment!r} to write a results file of")
-    parent = parents[0]
+    parent = client.get_run(parent_run_id)
     children = client.search_runs(
-        [found.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000
     )
     samples = [
         {
@@ -147,7 +140,7 @@ def tune_document(
     metric = params["metric"]
     run_ids = {s["run_name"]: s["run_id"] for s in samples}
     return {
-        **_head("tune", invocation, cfg, client, uri, experiment, parent.info.run_id, run_ids),
+        **_head("tune", invocation, cfg, client, uri, experiment, parent_run_id, run_ids),
         "dataset": {"name": cfg.data.dataset, "fingerprint": load_dataset(cfg.data).fingerprint},
         "search": {
             "metric": metric,
@@ -164,11 +157,32 @@ def tune_document(
 
 
 def save_tune(
-    directory: str | Path, invocation: Mapping[str, Any], cfg: Config, uri: str, experiment: str, since_ms: int
-) -> Path:
-    """Write the results file of the ``kbench tune`` run ``invocation`` describes into ``directory``."""
-    document = tune_document(invocation, cfg, uri, experiment, since_ms)
-    return write(output_dir(directory), f"tune-{invocation['model']}-{invocation['task']}", document)
+    directory: str | Path | None,
+    invocation: Mapping[str, Any],
+    cfg: Config,
+    uri: str,
+    experiment: str,
+    parent_run_id: str,
+) -> Path | None:
+    """Record the results file of the ``kbench tune`` run ``invocation`` describes (its parent run
+    ``parent_run_id``): always in MLflow and, given ``directory``, there too; return that file."""
+    document = tune_document(invocation, cfg, uri, experiment, parent_run_id)
+    return record(document, uri, parent_run_id, directory, f"tune-{invocation['model']}-{invocation['task']}")
+
+
+def record(
+    document: Mapping[str, Any], uri: str, parent_run_id: str | None, directory: str | Path | None, stem: str
+) -> Path | None:
+    """Log ``document`` as ``results.json`` at the artifact root of the invocation's parent run (where there is one,
+    so that tracking has it without ``--output-path``) and, given ``directory``, write it there; return that file."""
+    if parent_run_id is not None:
+        MlflowClient(tracking_uri=uri).log_text(parent_run_id, dumps(document), RESULTS_ARTIFACT)
+    return None if directory is None else write(output_dir(directory), stem, document)
+
+
+def dumps(document: Mapping[str, Any]) -> str:
+    """A results file's text, the same locally and in MLflow."""
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
 
 
 def trial_record(client: MlflowClient, label: str, run_id: str) -> dict[str, Any]:
