@@ -14,10 +14,14 @@ import h5py
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from test_tables import log_run
 
 from kbench.commands.cli import build_parser, main
-from kbench.core.catalog import BUILTIN_MODELS, plugin_entry_points
+from kbench.core.catalog import BUILTIN_ENCODERS, BUILTIN_MODELS, plugin_entry_points
 from kbench.data.layout import TRAIN_FILE
+from kbench.engine.tracking import open_experiment
+from kbench.engine.trial import TrialSpec
+from kbench.features.encoders import ENCODERS
 from kbench.models.zoo import MODELS
 
 SMOKE = ["--profile", "smoke"]
@@ -261,25 +265,58 @@ def test_data_synth_writes_the_official_files(tmp_path: Path, capsys: pytest.Cap
     assert sorted(p.name for p in out.iterdir()) == ["fashiongen_256_256_train.h5", "fashiongen_256_256_validation.h5"]
 
 
-LIGHT_COMMANDS = [["--help"], ["ls", "models"], ["ls", "profiles"], ["table", "--main"]]
+LISTINGS = ["models", "profiles", "tasks", "protocols", "encoders", "datasets"]
+LIGHT_SCRIPT = (
+    "import contextlib, io, json, sys\n"
+    "from kbench.commands.cli import main\n"
+    "codes, out = [], io.StringIO()\n"
+    "for argv in json.loads(sys.argv[1]):\n"
+    "    try:\n"
+    "        with contextlib.redirect_stdout(out):\n"
+    "            codes.append(main(argv))\n"
+    "    except SystemExit as exc:\n"
+    "        codes.append(exc.code)\n"
+    "heavy = sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules)\n"
+    "print(json.dumps([codes, heavy, out.getvalue()]))\n"
+)
 
 
-def test_listing_and_reading_commands_import_no_torch_transformers_or_ray(tmp_path: Path) -> None:
-    script = (
-        "import json, sys\n"
-        "from kbench.commands.cli import main\n"
-        f"for argv in {LIGHT_COMMANDS!r}:\n"
-        "    try:\n"
-        "        main([*argv, '--tracking-uri', sys.argv[1]] if argv[0] == 'table' else argv)\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules)))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, f"sqlite:///{tmp_path / 'none.db'}"], capture_output=True, text=True
-    )
+def run_light(commands: list[list[str]]) -> tuple[list[int], list[str], str]:
+    """The exit codes of ``commands`` run in one fresh interpreter, which of torch, transformers and Ray they
+    imported, and what they printed."""
+    done = subprocess.run([sys.executable, "-c", LIGHT_SCRIPT, json.dumps(commands)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == []
+    codes, heavy, out = json.loads(done.stdout.splitlines()[-1])
+    return codes, heavy, out
+
+
+def test_help_and_listings_import_no_torch_transformers_or_ray() -> None:
+    codes, heavy, out = run_light([["--help"], *(["ls", what] for what in LISTINGS)])
+    assert heavy == []
+    assert codes == [0] * (1 + len(LISTINGS))
+    assert "fashionbert-101" in out and "small-cnn" in out and "synth" in out and "Image-to-text retrieval" in out
+
+
+@pytest.mark.slow
+def test_table_of_runs_imports_no_torch_transformers_or_ray(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # a run of one seed, with per-sample records: the table reads its intervals from them
+    log_run(uri, open_experiment(uri, "kbench"), TrialSpec("clip", 0), "default", (), 0.5, tmp=tmp_path)
+    codes, heavy, out = run_light([["table", "--main", "--tracking-uri", uri]])
+    assert heavy == []
+    assert codes == [0]
+    assert "| CLIP-style (kbench) | kbench   | 1       | bootstrap  |" in out
+
+
+def test_ls_encoders_lists_the_catalog_which_equals_the_registry(capsys: pytest.CaptureFixture) -> None:
+    registered = {name: (ENCODERS.get(name).__module__, ENCODERS.describe(name)) for name in ENCODERS.names()}
+    assert registered == BUILTIN_ENCODERS
+    assert main(["ls", "encoders"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(maxsplit=1) for line in lines] == [
+        ["resnet50", BUILTIN_ENCODERS["resnet50"][1]],
+        ["small-cnn", BUILTIN_ENCODERS["small-cnn"][1]],
+    ]
 
 
 def test_ls_models_lists_the_catalog_which_equals_the_registry(capsys: pytest.CaptureFixture) -> None:

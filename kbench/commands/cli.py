@@ -472,12 +472,14 @@ def cmd_export(opts: argparse.Namespace) -> int:
 
 
 def cmd_ls(opts: argparse.Namespace) -> int:
-    from kbench.core.catalog import descriptions, model_listing
+    from kbench.core.catalog import descriptions, encoder_listing, model_listing
 
     if opts.what == "profiles":
         listing = {name: profile_description(name) for name in PROFILES}
     elif opts.what == "models":
         listing = model_listing()  # from the catalog: no torch for a listing
+    elif opts.what == "encoders":
+        listing = encoder_listing()
     else:
         listing = descriptions(_registry(opts.what))
     width = max(len(name) for name in listing)
@@ -495,13 +497,9 @@ def _registry(what: str):
         from kbench.data import DATASETS
 
         return DATASETS
-    if what == "protocols":
-        from kbench.tasks.protocols import PROTOCOLS
+    from kbench.tasks.protocols import PROTOCOLS
 
-        return PROTOCOLS
-    from kbench.features.encoders import ENCODERS
-
-    return ENCODERS
+    return PROTOCOLS
 
 
 def cmd_config(opts: argparse.Namespace) -> int:

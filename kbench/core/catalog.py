@@ -1,6 +1,7 @@
 """The zoo's names without the zoo: each built-in entry's module and description, and the installed plug-ins'
-entry points, read from package metadata. ``kbench ls models`` lists them without importing torch, as transformers'
-``CONFIG_MAPPING_NAMES`` names its models without importing them; a test holds them equal to the registry."""
+entry points, read from package metadata; likewise the frozen patch encoders. ``kbench ls models`` and ``kbench ls
+encoders`` list them without importing torch, as transformers' ``CONFIG_MAPPING_NAMES`` names its models without
+importing them; tests hold them equal to the registries."""
 
 from __future__ import annotations
 
@@ -50,6 +51,18 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     ),
 }
 
+# name -> (the module whose @ENCODERS.register registers it, its description)
+BUILTIN_ENCODERS: dict[str, tuple[str, str]] = {
+    "resnet50": (
+        "kbench.features.encoders",
+        "ResNet-50 with torchvision's parameter names; loads the ImageNet weights file the user gives (2048-d).",
+    ),
+    "small-cnn": (
+        "kbench.features.encoders",
+        "Three conv-BN-ReLU stages pre-trained on garment crops (``encoder_pretraining``); 128-d, CPU-cheap.",
+    ),
+}
+
 
 def plugin_entry_points() -> list[metadata.EntryPoint]:
     """The installed packages' ``kbench.models`` entry points, by name."""
@@ -65,6 +78,11 @@ def model_listing() -> dict[str, str]:
             plugins.register(entry.name, entry.value)
     listing = {name: description for name, (_, description) in BUILTIN_MODELS.items()} | descriptions(plugins)
     return dict(sorted(listing.items()))
+
+
+def encoder_listing() -> dict[str, str]:
+    """Every frozen patch encoder's description by name, from ``BUILTIN_ENCODERS``."""
+    return {name: description for name, (_, description) in sorted(BUILTIN_ENCODERS.items())}
 
 
 def descriptions(registry: Registry) -> dict[str, str]:

@@ -6,19 +6,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from kbench.core.config import OptimConfig
-from kbench.data.loader import FINETUNE_DRAWS, FINETUNE_ORDER, epoch_order, prefetch, step_rng
-from kbench.features.batches import to_device
-from kbench.models.base import VLPreTrainedModel
-from kbench.models.context import TaskContext
-from kbench.models.training import StepFn, fit
 from kbench.tasks.card import TaskCard
+
+if TYPE_CHECKING:  # annotations only: listing cards (kbench ls tasks, kbench table) imports this module without torch
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from kbench.models.base import VLPreTrainedModel
+    from kbench.models.context import TaskContext
+    from kbench.models.training import StepFn
 
 # Receives the epoch (1-based) and the evaluation split's metrics after that fine-tuning epoch.
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -77,6 +77,9 @@ class Task(ABC):
         recipe = recipe or self.recipe
         if recipe.epochs == 0:  # no fine-tuning: the pre-trained heads as they are (``finetune: false``)
             return []
+        from kbench.data.loader import FINETUNE_DRAWS, FINETUNE_ORDER, epoch_order, step_rng
+        from kbench.models.training import fit
+
         n = len(context.data("train"))
         seed, size = context.seed, recipe.batch_size
         steps_per_epoch = max(1, n // size)
@@ -105,6 +108,9 @@ def eval_batches(
     context: TaskContext, make_batch: Callable[[int], dict[str, torch.Tensor]], count: int
 ) -> Iterator[dict[str, torch.Tensor]]:
     """``make_batch(0) .. make_batch(count - 1)``, built ahead by the trial's loader workers, on its device."""
+    from kbench.data.loader import prefetch
+    from kbench.features.batches import to_device
+
     pin = context.device.type == "cuda"
     for batch in prefetch(make_batch, range(count), context.config.runtime.loader_workers, pin):
         yield to_device(batch, context.device)
