@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_output import error_lines
 from mlflow.tracking import MlflowClient
 from transformers import AutoConfig, AutoModel
 from zoo_inputs import raw_batch
@@ -77,8 +78,8 @@ def test_bad_checkpoints_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.
     capsys.readouterr()
     for argv, message in cases.items():
         assert main(list(argv)) == 2, argv
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and message in err, err
+        err = error_lines(capsys.readouterr().err)
+        assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "x").exists()
 
 

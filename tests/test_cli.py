@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import pytest
 import yaml
+from cli_output import error_lines
 from mlflow.tracking import MlflowClient
 from test_tables import log_run
 
@@ -181,11 +182,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     """The exit code and stderr of ``kbench argv``, less the line a run, ablate or tune starts with."""
     capsys.readouterr()
     code = main(argv)
-    lines = capsys.readouterr().err.strip().splitlines()
-    if argv[0] in ("run", "ablate", "tune"):
-        assert lines[0].startswith("kbench: ") and lines[0].endswith("starting…"), lines
-        lines = lines[1:]
-    return code, "\n".join(lines)
+    return code, "\n".join(error_lines(capsys.readouterr().err))
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ import socket
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cli_output import error_lines
 from mlflow.tracking import MlflowClient
 
 from kbench.commands.cli import main
@@ -72,6 +73,6 @@ def test_pretraining_runs_on_two_ray_train_workers(ddp_run: dict) -> None:
 def test_workers_must_divide_the_batch(tmp_path, capsys) -> None:
     argv = ["run", "--model", "fashionbert", "--profile", "smoke", "--pretrain-workers", "3"]
     assert main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) != 0
-    err = capsys.readouterr().err.strip().splitlines()
+    err = error_lines(capsys.readouterr().err)
     assert err == ["kbench: error: pretrain.workers must be at least 1 and divide pretrain.batch_size (16); got 3"]
     assert os.listdir(tmp_path) == []

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_output import error_lines
 from mlflow.tracking import MlflowClient
 
 from kbench.core.config import load_config
@@ -173,7 +174,7 @@ def test_a_broken_entry_point_fails_alone(tmp_path: Path) -> None:
     assert "Tiny plug-in: MLM and ITM" in lines["tinyplug"]
     assert "(broken) model 'broken' (nosuchpkg.model:Broken) cannot be loaded: ModuleNotFoundError" in lines["broken"]
     run = kbench("run", "--model", "broken", "--profile", "smoke", path=root)
-    assert run.returncode == 2 and run.stderr.strip().splitlines()[1:] == [  # after the line saying what starts
+    assert run.returncode == 2 and error_lines(run.stderr) == [
         "kbench: error: model 'broken' (nosuchpkg.model:Broken) cannot be loaded: ModuleNotFoundError: "
         "No module named 'nosuchpkg'"
     ]

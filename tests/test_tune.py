@@ -7,6 +7,7 @@ import math
 
 import pytest
 import yaml
+from cli_output import error_lines
 from mlflow.tracking import MlflowClient
 
 from kbench.commands.cli import main
@@ -101,7 +102,7 @@ def test_tune_samples_stay_out_of_the_tables(tuned: dict, capsys: pytest.Capture
 def test_tune_takes_one_task(tmp_path, capsys: pytest.CaptureFixture) -> None:
     argv = ["tune", "--model", "fashionbert", "--task", "cr,sub", "--profile", "smoke"]
     assert main([*argv, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) != 0
-    assert capsys.readouterr().err.strip().splitlines() == [
+    assert error_lines(capsys.readouterr().err) == [
         "kbench: error: kbench tune searches one task's recipe at a time: --task itr, tir, cr, sub or fc"
     ]
     assert list(tmp_path.iterdir()) == []

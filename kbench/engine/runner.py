@@ -33,11 +33,13 @@ def parse_models(spec: str) -> list[str]:
 
 
 def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
-    """Fail fast on the driver, before any trial starts: the config (``check_config``), then the data files.
+    """Fail fast on the driver, before any trial starts: the config (``check_config``), the initial weights, then the
+    data files.
 
     Reading the dataset here also generates SynthFashion once, before trials would race to do it.
     """
     check_config(cfg, specs, tasks)
+    check_initial_weights(cfg)
     if cfg.runtime.precision == "bf16" and resolve_device(cfg.runtime.device).type == "cpu" and not cpu_has_bf16():
         log.info("runtime.precision=bf16: this CPU has no bf16 arithmetic, so trials on it compute in fp32")
     dataset = load_dataset(cfg.data)
@@ -52,8 +54,8 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
 
 
 def check_config(cfg: Config, specs: Sequence[TrialSpec], tasks: Sequence[str]) -> None:
-    """Refuse what no trial could run, reading no data: model options and their values, pre-training workers, task
-    overrides, the initial weights; what ``kbench config`` checks too."""
+    """Refuse what no trial could run, reading no data or weights: model options and their values, pre-training
+    workers, task overrides; what ``kbench config`` checks too (the files a run reads it does not)."""
     for spec in specs:
         variant = trial_config(cfg, spec)
         options = model_options(variant, spec.model)
@@ -68,7 +70,6 @@ def check_config(cfg: Config, specs: Sequence[TrialSpec], tasks: Sequence[str]) 
         )
     for name in sorted(set(tasks) | set(cfg.tasks)):
         build_task(name, cfg.tasks.get(name, {}))
-    check_initial_weights(cfg)
 
 
 def check_initial_weights(cfg: Config) -> None:
