@@ -24,6 +24,7 @@ from kbench.report.compare import compare_runs, pairs
 from kbench.report.tables import (
     ABLATION_METRICS,
     FORMATS,
+    Column,
     Samples,
     ablation_cells,
     build_ablation,
@@ -31,6 +32,7 @@ from kbench.report.tables import (
     label,
     load_runs,
     published,
+    render,
     summarise,
 )
 from kbench.tasks import samples
@@ -168,6 +170,26 @@ def keyless(text: str, store: str) -> str:
     for key in load_runs(store, "tables")["config_key"].dropna().unique():
         text = text.replace(key[:8], "<key>")
     return text
+
+
+def test_csv_lines_up_the_tables_by_model_and_source() -> None:
+    """A row one table has and another lacks (the paper reports a model in Table 2 only) leaves the other's cells
+    empty on that line, never shifting the rows below it."""
+    import pandas as pd
+
+    def row(model: str, source: str, header: str, value: float) -> dict:
+        return {"model": model, "source": source, "seeds": "", "interval": "", header: (value, None)}
+
+    retrieval = [Column("SumR", "sums/SumR", "SumR")]
+    classification = [Column("SumCLS", "sums/SumCLS", "SumCLS")]
+    tables = [
+        ("2", retrieval, [row("A", "paper", "SumR", 1.0), row("A (kbench)", "kbench", "SumR", 2.0)]),
+        ("3", classification, [row("A (kbench)", "kbench", "SumCLS", 3.0)]),
+    ]
+    frame = pd.read_csv(io.StringIO(render(tables, "csv", "")))
+    assert frame["model"].tolist() == ["A", "A (kbench)"]
+    assert frame["SumR"].tolist() == [1.0, 2.0]
+    assert frame["SumCLS"].isna().tolist() == [True, False] and frame["SumCLS"].iloc[1] == 3.0
 
 
 @pytest.mark.slow

@@ -267,21 +267,26 @@ def _fmt(cell: Cell, column: Column) -> str:
 IDENTITY = ("model", "source", "seeds", "interval")  # the columns before the metrics
 
 
+def _csv(tables: list[tuple[str, list[Column], list[dict]]]) -> str:
+    """One CSV line per (model, source) of any table, in order of first appearance, with a value and a CI column per
+    metric of every table; a cell the line's table lacks (the paper reports no such row) is empty."""
+    lines: dict[tuple[str, str], dict] = {}
+    for _, _, rows in tables:
+        for r in rows:
+            lines.setdefault((r["model"], r["source"]), {k: r[k] for k in IDENTITY})
+    for _, columns, rows in tables:
+        of = {(r["model"], r["source"]): r for r in rows}
+        for line, data in lines.items():
+            for c in columns:
+                value, half = of[line][c.header] if line in of else (None, None)
+                data[c.header], data[f"{c.header} CI95"] = value, half
+    return pd.DataFrame(list(lines.values())).to_csv(index=False, float_format="%.6g")
+
+
 def render(tables: list[tuple[str, list[Column], list[dict]]], fmt: str, caption: str) -> str:
     """Markdown or LaTeX (booktabs) text of ``tables``, or one CSV with a value and a CI column per metric."""
     if fmt == "csv":
-        frames = []
-        lines = [(r["model"], r["source"]) for r in tables[0][2]]
-        for i, (title, columns, rows) in enumerate(tables):
-            data = {k: [r[k] for r in rows] for k in IDENTITY} if i == 0 else {}
-            if title == OTHER_TASKS:  # our rows only: each on its model's line
-                of = {(r["model"], r["source"]): r for r in rows}
-                rows = [of.get(line, {c.header: (None, None) for c in columns}) for line in lines]
-            for c in columns:
-                data[c.header] = [r[c.header][0] for r in rows]
-                data[f"{c.header} CI95"] = [r[c.header][1] for r in rows]
-            frames.append(pd.DataFrame(data))
-        return pd.concat(frames, axis=1).to_csv(index=False, float_format="%.6g")
+        return _csv(tables)
     if fmt == "latex":
         identity = {"model": "l", "source": "l", "seeds": "r", "interval": "l"}
         parts = [
