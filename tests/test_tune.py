@@ -35,7 +35,7 @@ def test_dev_evaluation_after_each_epoch_matches_the_final_one() -> None:
     model = build_model("fashionbert", None, **trial.model_kwargs()).eval()
     seen: list[tuple[int, dict[str, float]]] = []
     task = build_task("cr", cfg.tasks["cr"])
-    result = task.run(trial, model, split="dev", on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)))
+    result = task.run(trial.context, model, split="dev", on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)))
     assert [e for e, _ in seen] == [1, 2, 3]
     assert seen[-1][1] == result.metrics
     dev = trial.data("dev")
