@@ -118,17 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only runs whose config is what kbench run with these --profile, --dataset, --set, --config would use",
     )
-    table.add_argument(
-        "--config",
-        dest="config_files",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="with --match: YAML overrides in the profile's layout, applied before --set",
-    )
-    table.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="with --match: a config key"
+    _add_override_args(
+        table,
+        "with --match: YAML overrides in the profile's layout, applied before --set",
+        "with --match: a config key",
     )
     _add_tracking_args(table)
     table.set_defaults(handler=cmd_table)
@@ -218,23 +211,19 @@ def _add_config_args(parser: argparse.ArgumentParser, dataset: bool = True, prof
     if dataset:
         parser.add_argument("--dataset", help="synth (default) or fashiongen")
         parser.add_argument("--data-dir", help="directory holding fashiongen_256_256_{train,validation}.h5")
-    parser.add_argument(
-        "--config",
-        dest="config_files",
-        type=Path,
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="YAML overrides in the profile's layout (e.g. what kbench tune wrote), applied before --set",
+    _add_override_args(
+        parser,
+        "YAML overrides in the profile's layout (e.g. what kbench tune wrote), applied before --set",
+        "override a config key",
     )
+
+
+def _add_override_args(parser: argparse.ArgumentParser, config_help: str, set_help: str) -> None:
+    """``--config FILE`` and ``--set KEY=VALUE``, each repeatable, into ``config_files`` and ``overrides``."""
     parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key",
+        "--config", dest="config_files", type=Path, action="append", default=[], metavar="FILE", help=config_help
     )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 
 def _add_trial_args(parser: argparse.ArgumentParser) -> None:
