@@ -183,12 +183,7 @@ def test_a_smoke_run_logs_through_the_ui_server(tmp_path: Path) -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_ok(f"{url}/health", tries=120)
         argv = ["run", "--model", "fashionbert", "--task", "cr", "--profile", "smoke", "--tracking-uri", url]
         assert main(argv) == 0
         request = urllib.request.Request(
@@ -244,12 +239,7 @@ def test_kbench_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
     )
     server: set[int] = set()
     try:
-        for _ in range(240):
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
+        wait_for_ok(f"http://127.0.0.1:{port}/", tries=240)
         server = descendants(ui.pid)
         assert server, "kbench ui started no server"
         ui.send_signal(15)
@@ -266,3 +256,13 @@ def test_kbench_ui_stops_with_its_server_on_sigterm(tmp_path: Path) -> None:
             os.kill(pid, 9)
         ui.kill()
         ui.wait()
+
+
+def wait_for_ok(url: str, tries: int) -> None:
+    """Poll ``url`` every half second, up to ``tries`` times, until it answers 200 (a server coming up)."""
+    for _ in range(tries):
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.5)
