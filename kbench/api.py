@@ -21,10 +21,10 @@ import pandas as pd
 from kbench.core.config import Config, override_strings, resolve_config
 from kbench.core.errors import KbenchError
 from kbench.core.progress import set_verbose
+from kbench.core.tracking_store import tracking_uri
 from kbench.engine.ablations import blocks
 from kbench.engine.checkpoints import is_run_uri, model_of, own_options, save_instance
 from kbench.engine.runner import ablation_specs, execute, model_specs, parse_models
-from kbench.engine.tracking import tracking_uri
 from kbench.engine.trial import TrialSpec
 from kbench.models.base import VLPreTrainedModel
 from kbench.models.zoo import MODELS

@@ -22,17 +22,16 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from kbench.core.config import load_config
+from kbench.core.tracking_store import DEFAULT_EXPERIMENT, tracking_uri
 from kbench.engine.pipeline import run_trial
 from kbench.engine.runner import invocation_name, model_specs
 from kbench.engine.tracking import (
-    DEFAULT_EXPERIMENT,
     UI_QUERY,
     Tracking,
     experiment_url,
     open_experiment,
     parent_run,
     summarize,
-    tracking_uri,
 )
 
 TASKS = ["itr", "cr"]

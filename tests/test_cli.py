@@ -279,21 +279,21 @@ LIGHT_SCRIPT = (
     "            codes.append(main(argv))\n"
     "    except SystemExit as exc:\n"
     "        codes.append(exc.code)\n"
-    "heavy = sorted(m for m in ('torch', 'transformers', 'ray') if m in sys.modules)\n"
+    "heavy = sorted(m for m in ('torch', 'transformers', 'ray', 'mlflow') if m in sys.modules)\n"
     "print(json.dumps([codes, heavy, out.getvalue()]))\n"
 )
 
 
 def run_light(commands: list[list[str]]) -> tuple[list[int], list[str], str]:
-    """The exit codes of ``commands`` run in one fresh interpreter, which of torch, transformers and Ray they
-    imported, and what they printed."""
+    """The exit codes of ``commands`` run in one fresh interpreter, which of torch, transformers, Ray and MLflow
+    they imported, and what they printed."""
     done = subprocess.run([sys.executable, "-c", LIGHT_SCRIPT, json.dumps(commands)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     codes, heavy, out = json.loads(done.stdout.splitlines()[-1])
     return codes, heavy, out
 
 
-def test_help_and_listings_import_no_torch_transformers_or_ray() -> None:
+def test_help_and_listings_import_no_torch_transformers_ray_or_mlflow() -> None:
     codes, heavy, out = run_light([["--help"], *(["ls", what] for what in LISTINGS)])
     assert heavy == []
     assert codes == [0] * (1 + len(LISTINGS))
@@ -301,7 +301,7 @@ def test_help_and_listings_import_no_torch_transformers_or_ray() -> None:
 
 
 @pytest.mark.slow
-def test_table_of_runs_imports_no_torch_transformers_or_ray(tmp_path: Path) -> None:
+def test_table_of_a_sqlite_store_imports_no_torch_transformers_ray_or_mlflow(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # a run of one seed, with per-sample records: the table reads its intervals from them
     log_run(uri, open_experiment(uri, "kbench"), TrialSpec("clip", 0), "default", (), 0.5, tmp=tmp_path)

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from kbench.core.errors import KbenchError
+from kbench.core.tracking_store import tracking_uri
 from kbench.engine.heatmaps import confusion_figure
 from kbench.engine.runner import ablation_specs, invocation_name, model_specs
 from kbench.engine.tracking import (
@@ -21,7 +22,6 @@ from kbench.engine.tracking import (
     open_experiment,
     parent_run,
     summarize,
-    tracking_uri,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

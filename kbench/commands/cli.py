@@ -345,7 +345,7 @@ def cmd_tune(opts: argparse.Namespace) -> int:
     from kbench.core.progress import begin
 
     begin(f"tune {opts.model} on {opts.task}, {opts.samples} samples", opts.profile, 1, opts.verbose)
-    from kbench.engine.tracking import tracking_uri
+    from kbench.core.tracking_store import tracking_uri
     from kbench.engine.tuning import tune_recipe
     from kbench.report.results_file import output_dir, save_tune
 
@@ -384,7 +384,7 @@ def cmd_ablate(opts: argparse.Namespace) -> int:
 
 
 def cmd_table(opts: argparse.Namespace) -> int:
-    from kbench.engine.tracking import tracking_uri
+    from kbench.core.tracking_store import tracking_uri
     from kbench.report.tables import build_ablation, build_main
 
     uri = tracking_uri(opts.tracking_uri)
@@ -411,7 +411,7 @@ def cmd_table(opts: argparse.Namespace) -> int:
 
 
 def cmd_compare(opts: argparse.Namespace) -> int:
-    from kbench.engine.tracking import tracking_uri
+    from kbench.core.tracking_store import tracking_uri
     from kbench.report.compare import compare_runs
 
     uri = tracking_uri(opts.tracking_uri)
@@ -422,7 +422,7 @@ def cmd_compare(opts: argparse.Namespace) -> int:
 
 
 def cmd_plot(opts: argparse.Namespace) -> int:
-    from kbench.engine.tracking import tracking_uri
+    from kbench.core.tracking_store import tracking_uri
     from kbench.report.plots import plot_ablation, plot_curves
 
     uri = tracking_uri(opts.tracking_uri)
@@ -439,7 +439,7 @@ def cmd_plot(opts: argparse.Namespace) -> int:
 
 def cmd_ui(opts: argparse.Namespace) -> int:
     from kbench.commands.ui import serve
-    from kbench.engine.tracking import tracking_uri
+    from kbench.core.tracking_store import tracking_uri
 
     return serve(tracking_uri(opts.tracking_uri), opts.port)
 
@@ -453,7 +453,7 @@ def cmd_reproduce(opts: argparse.Namespace) -> int:
 
 
 def cmd_export(opts: argparse.Namespace) -> int:
-    from kbench.engine.tracking import tracking_uri
+    from kbench.core.tracking_store import tracking_uri
     from kbench.report.export import export
 
     print(export(opts.source, opts.out, tracking_uri(opts.tracking_uri)))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -31,13 +30,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import kbench
 from kbench.core.errors import KbenchError
+from kbench.core.tracking_store import DEFAULT_EXPERIMENT, sqlite_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-DEFAULT_EXPERIMENT = "kbench"
-DEFAULT_DB = "mlflow.db"
-SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 # MLflow 3's UI reads this experiment tag to open a model-training experiment on its runs, not on GenAI traces.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # Its workflow switch (default GenAI) decides the experiment page's tabs; this query picks the runs table.
@@ -45,30 +42,6 @@ UI_QUERY = "workflowType=machine_learning"
 DATASET_CONTEXT = "pretrain+tasks"  # the run's one dataset input serves pre-training and every task
 LOGGED_MODEL_MAX_BYTES = 64 * 2**20  # larger checkpoints are registered by their runs:/ URI, not copied again
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
-_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
-
-
-def tracking_uri(cli: str | None = None) -> str:
-    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the working directory; a plain path
-    (``./my.db``, a directory) becomes a SQLite URI."""
-    uri = cli or os.environ.get("MLFLOW_TRACKING_URI")
-    return store_uri(uri) if uri else f"sqlite:///{Path.cwd() / DEFAULT_DB}"
-
-
-def store_uri(value: str) -> str:
-    """A tracking URI as given, or a plain path as SQLite: ``*.db`` (``.sqlite``) is the database file, any other
-    path a directory that holds ``mlflow.db``."""
-    if _URI_SCHEME.match(value):
-        return value
-    path = Path(value).expanduser().resolve()
-    if path.suffix in SQLITE_SUFFIXES:
-        return f"sqlite:///{path}"
-    if path.is_file():
-        raise KbenchError(
-            f"tracking store {value} is a file but not a SQLite one ({', '.join(SQLITE_SUFFIXES)}); "
-            "give a .db path, a directory or a URI such as sqlite:///runs.db"
-        )
-    return f"sqlite:///{path / DEFAULT_DB}"
 
 
 @dataclass(frozen=True)
@@ -93,8 +66,8 @@ def open_experiment(uri: str, name: str) -> str:
                 client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
             return found.experiment_id
         location = None
-        if uri.startswith("sqlite:///"):
-            database = Path(uri.removeprefix("sqlite:///"))
+        database = sqlite_path(uri)
+        if database is not None:
             database.parent.mkdir(parents=True, exist_ok=True)
             location = (database.parent / "mlartifacts").resolve().as_uri()
         return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))

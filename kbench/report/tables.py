@@ -14,15 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow.tracking import MlflowClient
 from tabulate import tabulate
 
 from kbench.core.config import Config
 from kbench.core.errors import KbenchError
+from kbench.core.tracking_store import finished_runs
 from kbench.engine.ablations import BLOCKS, blocks
 from kbench.metrics import significance
 from kbench.metrics.sums import PAPER_TASKS
@@ -100,33 +99,19 @@ def published() -> dict:
 
 def load_runs(uri: str, experiment: str) -> pd.DataFrame:
     """The finished trial runs of ``experiment`` (not ``kbench tune``'s samples), one row per run, newest first."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise KbenchError(f"no MLflow tracking store at {uri.removeprefix('sqlite:///')}; run `kbench run` first")
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise KbenchError(f"no experiment {experiment!r} in tracking store {uri}")
-    runs = []
-    page = None
-    while True:
-        batch = client.search_runs(
-            [found.experiment_id], "attributes.status = 'FINISHED'", max_results=1000, page_token=page
-        )
-        runs += [r for r in batch if "kbench.model" in r.data.tags and "kbench.search" not in r.data.tags]
-        page = batch.token
-        if not page:
-            break
     rows = [
         {
-            "run_id": r.info.run_id,
-            "start_time": r.info.start_time,
-            **{k.removeprefix("kbench."): v for k, v in r.data.tags.items() if k.startswith("kbench.")},
-            **r.data.metrics,
-            "params": dict(r.data.params),
+            "run_id": r.run_id,
+            "start_time": r.start_time,
+            "artifact_uri": r.artifact_uri,
+            **{k.removeprefix("kbench."): v for k, v in r.tags.items() if k.startswith("kbench.")},
+            **r.metrics,
+            "params": r.params,
         }
-        for r in runs
+        for r in finished_runs(uri, experiment)
+        if "kbench.model" in r.tags and "kbench.search" not in r.tags
     ]
-    return pd.DataFrame(rows).sort_values("start_time", ascending=False) if rows else pd.DataFrame()
+    return pd.DataFrame(rows) if rows else pd.DataFrame()
 
 
 def _limited(limit: int | None) -> str:
@@ -140,9 +125,9 @@ def summarise(values: pd.Series) -> tuple[float, float | None, int]:
         return float("nan"), None, 0
     if len(v) == 1:
         return float(v[0]), None, 1
-    from scipy import stats  # here: a table of single-seed runs needs no scipy.stats
+    from scipy.special import stdtrit  # here: a table of single-seed runs needs no scipy
 
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    half = stdtrit(len(v) - 1, 0.975) * v.std(ddof=1) / np.sqrt(len(v))
     return float(v.mean()), float(half), len(v)
 
 
@@ -183,7 +168,7 @@ class Samples:
             found = {}
             for task in significance.KINDS:
                 try:
-                    records = read_samples(self.uri, run["run_id"], task).to_dict("records")
+                    records = read_samples(self.uri, run["run_id"], task, run.get("artifact_uri")).to_dict("records")
                 except KbenchError:  # the run has none for this task
                     continue
                 corpus = {m: run[f"fc/{m}"] for m in significance.CORPUS_SCORES if task == "fc" and f"fc/{m}" in run}

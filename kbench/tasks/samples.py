@@ -8,20 +8,14 @@ below, the readers (tables, significance tests) read them back with :func:`read_
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 
 from kbench.core.config import digest
 from kbench.core.errors import KbenchError
+from kbench.core.tracking_store import read_artifact
 from kbench.metrics.captioning import CAPTION_SCORES
 
 ARTIFACT_DIR = "samples"
@@ -107,37 +101,16 @@ def from_jsonl(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def read_samples(uri: str, run_id: str, task: str) -> pd.DataFrame:
-    """The samples ``task`` logged in run ``run_id`` of tracking store ``uri``, one row per test item, in order.
-    A run without them (one from before samples existed, or that did not run ``task``) is a KbenchError."""
-    client = MlflowClient(tracking_uri=uri)
+def read_samples(uri: str, run_id: str, task: str, artifact_uri: str | None = None) -> pd.DataFrame:
+    """The samples ``task`` logged in run ``run_id`` of tracking store ``uri``, one row per test item, in order
+    (read in place when the run's local ``artifact_uri`` is given). A run without them (one from before samples
+    existed, or that did not run ``task``) is a KbenchError."""
     path = artifact_path(task)
-    try:
-        names = {info.path for info in client.list_artifacts(run_id, ARTIFACT_DIR)}
-    except MlflowException as exc:
-        raise KbenchError(f"cannot read run {run_id} in {uri}: {exc.message.splitlines()[0]}") from None
-    if path not in names:
+    text = read_artifact(uri, run_id, path, artifact_uri)
+    if text is None:
         raise KbenchError(f"run {run_id} has no per-sample outputs for task {task!r} (no artifact {path})")
-    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
-        local = client.download_artifacts(run_id, path, tmp)
-        records = from_jsonl(Path(local).read_text())
+    records = from_jsonl(text)
     return pd.DataFrame.from_records(records, columns=_columns(task, records))
-
-
-@contextmanager
-def _no_progress_bar() -> Iterator[None]:
-    """MLflow's download progress bar off for the block: tables read many small files, and the bars would bury
-    their output."""
-    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
-    previous = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = previous
 
 
 def _columns(task: str, records: list[dict[str, Any]]) -> list[str] | None:
