@@ -419,3 +419,24 @@ def test_ls_profiles_shows_whole_first_sentences(capsys: pytest.CaptureFixture) 
     assert sorted(lines) == ["default", "paper", "smoke"]
     assert all(description.endswith(".") for description in lines.values())
     assert lines["paper"].endswith("CR and SUB at batch 256), GPUs.")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--set", "pretrain.lr=foo"], "bad value 'foo' for pretrain.lr: expected float"),
+        (["run", "--model", "kaleido,nosuch"], "unknown model 'nosuch'; did you mean oscar?"),
+        (["run", "--task", "itr,itx"], "unknown task 'itx'; did you mean itr?"),
+        (["run", "--seeds", "0"], "--seeds must be at least 1"),
+        (["ablate", "agm", "--model", "kaleidoo"], "unknown model 'kaleidoo'; did you mean kaleido?"),
+        (["tune", "--model", "clip", "--task", "cx"], "unknown task 'cx'; did you mean fc, cr?"),
+    ],
+)
+def test_bad_names_and_values_are_refused_before_the_run_starts(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One line and exit 2, no starting line before it, and nothing written (no store, no results)."""
+    monkeypatch.chdir(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "kbench", *argv], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr.splitlines()) == (2, "", [f"kbench: error: {message}"])
+    assert list(tmp_path.iterdir()) == []

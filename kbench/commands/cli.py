@@ -330,9 +330,24 @@ def _common(opts: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _precheck(opts: argparse.Namespace, models: str, tasks: str | None) -> None:
+    """What can be refused before the first line and the heavy imports: the config's keys and values, the model and
+    task names (``check_config`` then checks each model's options with its own config class)."""
+    from kbench.core.catalog import check_model_names
+    from kbench.tasks import parse_tasks
+
+    cfg = config_of(opts)
+    check_model_names(models)
+    if tasks is not None:
+        parse_tasks(tasks, cfg.runtime.include_paths)
+    if hasattr(opts, "seeds"):
+        _seeds(opts)
+
+
 def cmd_run(opts: argparse.Namespace) -> int:
     from kbench.core.progress import begin
 
+    _precheck(opts, opts.model or "kaleido", opts.task)
     begin(f"{opts.model or 'kaleido'} on {opts.task}", opts.profile, opts.seeds, opts.verbose)
     from kbench.api import evaluate
 
@@ -344,6 +359,7 @@ def cmd_run(opts: argparse.Namespace) -> int:
 def cmd_tune(opts: argparse.Namespace) -> int:
     from kbench.core.progress import begin
 
+    _precheck(opts, opts.model, opts.task)
     begin(f"tune {opts.model} on {opts.task}, {opts.samples} samples", opts.profile, 1, opts.verbose)
     from kbench.core.tracking_store import tracking_uri
     from kbench.engine.tuning import tune_recipe
@@ -376,6 +392,7 @@ def cmd_tune(opts: argparse.Namespace) -> int:
 def cmd_ablate(opts: argparse.Namespace) -> int:
     from kbench.core.progress import begin
 
+    _precheck(opts, opts.model, None)
     begin(f"ablate {opts.block} of {opts.model}", opts.profile, opts.seeds, opts.verbose)
     from kbench.api import ablate
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
-from kbench.core.errors import KbenchError
+from kbench.core.errors import KbenchError, unknown_choice
 from kbench.core.registry import Registry
 
 ENTRY_POINT_GROUP = "kbench.models"  # an installed package's plug-ins: name = "package.module:Class"
@@ -78,6 +78,16 @@ def model_listing() -> dict[str, str]:
             plugins.register(entry.name, entry.value)
     listing = {name: description for name, (_, description) in BUILTIN_MODELS.items()} | descriptions(plugins)
     return dict(sorted(listing.items()))
+
+
+def check_model_names(spec: str) -> None:
+    """Refuse an unknown zoo entry in ``--model`` (``all``, names, ``package.module:Class``) from the catalog, before
+    the zoo is imported; a ``package.module:Class`` is checked when it is imported."""
+    known = [*BUILTIN_MODELS, *(e.name for e in plugin_entry_points())]
+    names = [] if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    for name in names:
+        if ":" not in name and name not in known:
+            raise unknown_choice("model", name, sorted(set(known)), n=3, cutoff=0.5)
 
 
 def encoder_listing() -> dict[str, str]:
