@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import re
 import types
 import typing
@@ -21,22 +22,25 @@ from typing import Any
 
 import yaml
 
+from kbench.core.bounds import bounded, check_bounds
 from kbench.core.errors import KbenchError, did_you_mean, unknown_choice
 
 PROFILES = ("smoke", "default", "paper")
 IMAGES, PAIRS = "images", "pairs"  # what a pre-training epoch counts (pretrain.epoch_unit)
 EPOCH_UNITS = (IMAGES, PAIRS)
 PAIRS_NEGATIVE_RATE = 0.5  # an epoch of pairs shows every image once matched and once mismatched
+DEVICES = ("auto", "cpu", "cuda")  # runtime.device; auto picks CUDA when present
+PRECISIONS = ("fp32", "bf16")  # runtime.precision
 
 
 @dataclass
 class SynthConfig:
     """Size and seed of the generated SynthFashion dataset."""
 
-    products_train: int = 2000
-    products_test: int = 1000
-    max_poses: int = 3
-    seed: int = 0
+    products_train: int = bounded(2000, low=1)
+    products_test: int = bounded(1000, low=1)
+    max_poses: int = bounded(3, low=1)
+    seed: int = bounded(0, low=0)
 
 
 @dataclass
@@ -46,10 +50,11 @@ class DataConfig:
     dataset: str = "synth"
     data_dir: str | None = None
     tokenizer: str = "bundled"  # "bundled" (bert-base-uncased WordPiece, offline) or a hub name / path
-    max_text_len: int = 40
-    dev_fraction: float = 0.05
-    dev_seed: int = 0
-    limit: int | None = None  # only the first N products of each split (--limit), to try a profile quickly
+    max_text_len: int = bounded(40, low=3)  # [CLS], a word, [SEP]
+    dev_fraction: float = bounded(0.05, low=0, high=1, high_open=True)
+    dev_seed: int = bounded(0, low=0)
+    # Only the first N products of each split (--limit), to try a profile quickly.
+    limit: int | None = bounded(None, low=1)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
@@ -59,10 +64,12 @@ class FeatureConfig:
 
     encoder: str = "small-cnn"
     weights: str | None = None  # a torchvision-layout state dict for resnet50; "random" to try the code path
-    crop_size: int = 32
-    batch_size: int = 64  # images per extraction batch
-    shard_rows: int = 1024  # images per store shard, the unit of atomic commit, resumption and parallel extraction
-    workers: int = 1  # extraction tasks run at once (Ray; trial-sized: its CPUs and, where trials have them, a GPU)
+    crop_size: int = bounded(32, low=1)
+    batch_size: int = bounded(64, low=1)  # images per extraction batch
+    # Images per store shard, the unit of atomic commit, resumption and parallel extraction.
+    shard_rows: int = bounded(1024, low=1)
+    # Extraction tasks run at once (Ray; trial-sized: its CPUs and, where trials have them, a GPU).
+    workers: int = bounded(1, low=1)
 
 
 @dataclass
@@ -73,12 +80,12 @@ class ModelConfig:
     its initial plateau within the few thousand steps a CPU affords (BERT's 0.1 is set by ``paper``).
     """
 
-    hidden_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    intermediate_size: int = 512
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
+    hidden_size: int = bounded(128, low=1)
+    num_hidden_layers: int = bounded(2, low=1)
+    num_attention_heads: int = bounded(4, low=1)
+    intermediate_size: int = bounded(512, low=1)
+    hidden_dropout_prob: float = bounded(0.0, low=0, high=1, high_open=True)
+    attention_probs_dropout_prob: float = bounded(0.0, low=0, high=1, high_open=True)
     init_from: str | None = None
     checkpoint: str | None = None  # evaluate these weights instead of pre-training: a directory or runs:/<id>/model
 
@@ -92,16 +99,16 @@ class OptimConfig:
     (AdamW) and spares biases and LayerNorms; 0 is the released code's plain Adam.
     """
 
-    epochs: float = 1.0
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # a fraction of the steps when < 1, else a number of steps
-    clip_norm: float = 1.0
-    max_steps: int | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
+    epochs: float = bounded(1.0, low=0, low_open=True, note="finetune=false (--no-finetune) skips fine-tuning")
+    batch_size: int = bounded(32, low=1)
+    lr: float = bounded(1e-4, low=0, low_open=True)
+    weight_decay: float = bounded(0.01, low=0)
+    warmup: float = bounded(0.1, low=0)  # a fraction of the steps when < 1, else a number of steps
+    clip_norm: float = bounded(1.0, low=0)  # 0: no clipping
+    max_steps: int | None = bounded(None, low=1)
+    adam_beta1: float = bounded(0.9, low=0, high=1, high_open=True)
+    adam_beta2: float = bounded(0.999, low=0, high=1, high_open=True)
+    adam_epsilon: float = bounded(1e-8, low=0, low_open=True)
 
 
 @dataclass
@@ -115,14 +122,15 @@ class PretrainConfig(OptimConfig):
     ``model.init_from`` checkpoint where it has one; the decoder weight is always the tied word embeddings.
     """
 
-    epochs: float = 25.0
-    lr: float = 1e-3
-    warmup: float = 0.05
-    itm_negative_rate: float = 0.5
-    epoch_unit: str = IMAGES  # images | pairs
+    epochs: float = bounded(25.0, low=0, low_open=True)
+    lr: float = bounded(1e-3, low=0, low_open=True)
+    warmup: float = bounded(0.05, low=0)
+    itm_negative_rate: float = bounded(0.5, low=0, high=1)
+    epoch_unit: str = bounded(IMAGES, choices=EPOCH_UNITS)
     init_mlm_head: bool = True
-    workers: int = 1  # data-parallel workers (Ray Train, DDP); each takes an equal slice of every batch
-    save_every: int = 500  # steps between the training states a killed pre-training resumes from (0: never)
+    workers: int = bounded(1, low=1)  # data-parallel workers (Ray Train, DDP); each takes an equal slice of a batch
+    # Steps between the training states a killed pre-training resumes from (0: never).
+    save_every: int = bounded(500, low=0)
 
 
 @dataclass
@@ -130,16 +138,17 @@ class RuntimeConfig:
     """Where and how trials run. The scheduling fields (``SCHEDULING``) do not change results and are left out
     of the config hash, so a trial resumes whatever resources it is given."""
 
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA)
-    cpus_per_trial: int = 2
-    gpus_per_trial: float = 0.0
-    cpus_per_worker: int = 1  # of each data-parallel pre-training worker; each also takes a GPU when trials do
-    retries: int = 1  # times Ray Tune restarts a failed trial
-    eval_batch_size: int = 128
+    device: str = bounded("auto", choices=DEVICES)
+    precision: str = bounded("fp32", choices=PRECISIONS)  # bf16: autocast on CUDA and on CPUs with bf16 arithmetic
+    cpus_per_trial: int = bounded(2, low=1)
+    gpus_per_trial: float = bounded(0.0, low=0)
+    # Of each data-parallel pre-training worker; each also takes a GPU when trials do.
+    cpus_per_worker: int = bounded(1, low=1)
+    retries: int = bounded(1, low=0)  # times Ray Tune restarts a failed trial
+    eval_batch_size: int = bounded(128, low=1)
     # Processes building batches ahead of the step; 0 builds them in the training loop's thread, which is faster on a
     # CPU, whose cores the step's kernels already use (a worker cost 7 % of a default-profile step on 2 cores).
-    loader_workers: int = 0
+    loader_workers: int = bounded(0, low=0)
     # Directories of the user's task cards (--include-path), registered beside the shipped ones in the driver and in
     # every trial's process; absolute once resolved. Which cards exist changes no result: each card is versioned.
     include_paths: list[str] = field(default_factory=list)
@@ -231,9 +240,43 @@ def load_config(
         apply_override(cfg, item)
     if cfg.data.limit is not None and cfg.data.limit < 1:
         raise KbenchError(f"--limit must be at least 1 product, got {cfg.data.limit}")
+    check_bounds(cfg, "")
     check_epoch_unit(cfg.pretrain)
-    cfg.runtime.include_paths = [str(Path(p).expanduser().resolve()) for p in cfg.runtime.include_paths]
+    absolute_paths(cfg)
     return cfg
+
+
+def absolute_paths(cfg: Config) -> None:
+    """Make the config's relative paths absolute, against the working directory, in place: trials run in Ray's
+    worker directories, where a relative path names another file or none. Names that are not paths (``bundled``,
+    ``random``, ``none``, a hub name, ``runs:/<id>/model``) stay as they are."""
+    data, model = cfg.data, cfg.model
+    data.data_dir = _absolute(data.data_dir)
+    if data.tokenizer != "bundled" and _is_path(data.tokenizer):
+        data.tokenizer = _absolute(data.tokenizer)
+    if cfg.features.weights not in (None, "random"):
+        cfg.features.weights = _absolute(cfg.features.weights)
+    if model.init_from not in (None, "none") and _is_path(model.init_from):
+        model.init_from = _absolute(model.init_from)
+    if model.checkpoint and not _URI_SCHEME.match(model.checkpoint):
+        model.checkpoint = _absolute(model.checkpoint)
+    cfg.runtime.include_paths = [str(Path(p).expanduser().resolve()) for p in cfg.runtime.include_paths]
+
+
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def _is_path(value: str) -> bool:
+    """Whether a name that may also be a hub name is a local path: spelled as one, or existing."""
+    return value.startswith(("/", ".", "~")) or Path(value).expanduser().exists()
+
+
+def _absolute(value: str | None) -> str | None:
+    """``value`` with ``~`` expanded and, when relative, the working directory before it; absolute paths as given."""
+    if value is None:
+        return None
+    path = os.path.expanduser(value)
+    return path if os.path.isabs(path) else os.path.abspath(path)
 
 
 def resolve_config(
@@ -261,9 +304,7 @@ def override_strings(overrides: Sequence[str] | Mapping[str, Any]) -> list[str]:
 
 
 def check_epoch_unit(cfg: PretrainConfig) -> None:
-    """Refuse an unknown ``epoch_unit``, and a negative rate that an epoch of pairs cannot have."""
-    if cfg.epoch_unit not in EPOCH_UNITS:
-        raise unknown_choice("pretrain.epoch_unit", cfg.epoch_unit, EPOCH_UNITS)
+    """Refuse a negative rate that an epoch of pairs cannot have (``check_bounds`` refuses an unknown unit)."""
     if cfg.epoch_unit == PAIRS and cfg.itm_negative_rate != PAIRS_NEGATIVE_RATE:
         raise KbenchError(
             f"pretrain.itm_negative_rate={cfg.itm_negative_rate} needs pretrain.epoch_unit=images: an epoch of "

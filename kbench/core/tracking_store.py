@@ -35,7 +35,11 @@ def tracking_uri(cli: str | None = None) -> str:
 
 def store_uri(value: str) -> str:
     """A tracking URI as given, or a plain path as SQLite: ``*.db`` (``.sqlite``) is the database file, any other
-    path a directory that holds ``mlflow.db``."""
+    path a directory that holds ``mlflow.db``. A relative ``sqlite:///`` path is made absolute here, on the driver:
+    trials run in Ray's directories, where it would name another file."""
+    database = sqlite_path(value)
+    if database is not None and str(database) not in ("", ":memory:") and not database.is_absolute():
+        return f"{SQLITE_PREFIX}{Path.cwd() / database}"
     if _URI_SCHEME.match(value):
         return value
     path = Path(value).expanduser().resolve()

@@ -26,6 +26,7 @@ from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.core.paths import cache_dir
 from kbench.core.progress import RunProgress
+from kbench.engine.preflight import check_cluster_resources
 from kbench.engine.tracking import Tracking, log_metrics
 from kbench.engine.trial import TrialSpec
 
@@ -202,14 +203,12 @@ def _write_worker_lines(out: IO[str], data: dict[str, Any]) -> None:
 
 
 def fitted_resources(base: Config, cluster: bool) -> Config:
-    """``base``, or a copy asking for no GPUs when it asks for some and this machine has none (a cluster: error)."""
+    """``base``, or a copy asking for no GPUs when it asks for some and this machine has none; a cluster that
+    cannot give a trial what it asks for is an error (the driver checked a local Ray's before it started)."""
+    if cluster:
+        check_cluster_resources(base, ray.cluster_resources(), trial_cpus(base))
     if base.runtime.gpus_per_trial <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
         return base
-    if cluster:
-        raise KbenchError(
-            f"the Ray cluster has no GPUs but runtime.gpus_per_trial={base.runtime.gpus_per_trial:g}; "
-            "add GPU nodes or run with --gpus-per-trial 0"
-        )
     log.warning(
         "no GPU on this machine: the %s profile's trials run on the CPU (--gpus-per-trial 0 says so)", base.profile
     )

@@ -6,13 +6,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from kbench.core.config import Config
 from kbench.core.device import cpu_has_bf16, resolve_device
 from kbench.core.errors import KbenchError
 from kbench.data import load_dataset
+from kbench.data.text import load_tokenizer
 from kbench.engine.ablations import BLOCKS
 from kbench.engine.checkpoints import check_checkpoints
+from kbench.engine.preflight import (
+    check_data,
+    check_gpu_settings,
+    check_model_sections,
+    check_resources,
+    check_task_bounds,
+)
 from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle, summarize
 from kbench.engine.trial import TrialSpec, config_hash, model_options, trial_config
 from kbench.features.encoders import RANDOM_WEIGHTS, build_encoder
@@ -51,6 +60,7 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
         len(dataset.test),
         dataset.fingerprint,
     )
+    check_data(dataset, cfg, specs)
 
 
 def check_config(cfg: Config, specs: Sequence[TrialSpec], tasks: Sequence[str]) -> None:
@@ -68,14 +78,19 @@ def check_config(cfg: Config, specs: Sequence[TrialSpec], tasks: Sequence[str]) 
             f"pretrain.workers must be at least 1 and divide pretrain.batch_size ({pretrain.batch_size}); "
             f"got {pretrain.workers}"
         )
+    check_model_sections(cfg, specs)
+    check_gpu_settings(cfg)
     for name in sorted(set(tasks) | set(cfg.tasks)):
-        build_task(name, cfg.tasks.get(name, {}))
+        check_task_bounds(build_task(name, cfg.tasks.get(name, {})))
 
 
 def check_initial_weights(cfg: Config) -> None:
-    """The encoder's weights load and the BERT checkpoint to start from exists; random ones (only when spelled
-    out: ``features.weights=random``, ``model.init_from=none``) are allowed with a warning."""
+    """The encoder's weights and the tokenizer load and the BERT checkpoint to start from exists; random weights
+    (only when spelled out: ``features.weights=random``, ``model.init_from=none``) are allowed with a warning."""
     build_encoder(cfg.features.encoder, cfg.features.weights)
+    if Path(cfg.data.tokenizer).is_absolute() and not Path(cfg.data.tokenizer).is_dir():  # a path, not a hub name
+        raise KbenchError(f"data.tokenizer: no such directory {cfg.data.tokenizer}")
+    load_tokenizer(cfg.data.tokenizer)
     if cfg.features.weights == RANDOM_WEIGHTS:
         log.warning(
             "features.weights=%s: the %s encoder has random weights; the numbers only show that the code path runs",
@@ -124,6 +139,7 @@ def execute(
     if not specs:
         raise KbenchError("nothing to run: no seeds")
     check_inputs(cfg, specs, tasks)
+    check_resources(cfg, ray_address)
     check_checkpoints([(s.model, trial_config(cfg, s)) for s in specs], uri)
     experiment_id = open_experiment(uri, experiment)
     tracking = Tracking(uri, experiment_id)

@@ -129,6 +129,7 @@ def tune_recipe(
 ) -> Tuned:
     """``kbench tune``: run the search, settle the samples' MLflow runs, write the best recipe; return the report
     and the parent run."""
+    from kbench.engine.preflight import check_resources
     from kbench.engine.runner import check_inputs
 
     if "," in task_name or task_name == "all":
@@ -139,6 +140,7 @@ def tune_recipe(
     task = build_task(task_name, cfg.tasks.get(task_name, {}))
     spec = TrialSpec(model, seed)
     check_inputs(cfg, [spec], [task_name])
+    check_resources(cfg, ray_address)
     metric, space = task.card.primary_metric, search_space(task.recipe)
     out = out or Path("results") / "tune" / f"{model}-{task_name}.yaml"
     tracking = Tracking(uri, open_experiment(uri, experiment))

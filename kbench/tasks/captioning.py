@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kbench.core.bounds import bounded
 from kbench.core.progress import stage
 from kbench.features.batches import ModelData, model_inputs
 from kbench.metrics import caption_scores
@@ -29,10 +30,10 @@ from kbench.tasks.samples import captioning_record
 class CaptioningOptions:
     """The captioning keys of a task card."""
 
-    mask_min: float = 0.15
-    rounds: int = 1
-    images: int = 0
-    sample_seed: int = 0
+    mask_min: float = bounded(0.15, low=0, high=1)
+    rounds: int = bounded(1, low=1)
+    images: int = bounded(0, low=0)  # 0: every test product
+    sample_seed: int = bounded(0, low=0)
 
 
 class CaptioningTask(Task):

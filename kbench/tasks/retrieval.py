@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from kbench.core.bounds import bounded
 from kbench.core.config import digest
 from kbench.core.errors import KbenchError
 from kbench.core.progress import stage
@@ -30,10 +31,10 @@ class RetrievalOptions:
 
     query: str  # image (ITR) or text (TIR)
     negatives: str = "same-subcategory"  # or "random": where fine-tuning mismatches come from
-    negative_rate: float = 0.5
+    negative_rate: float = bounded(0.5, low=0, high=1)
     protocol: str = "fashionbert-101"
-    queries: int = 1000
-    protocol_seed: int = 0
+    queries: int = bounded(1000, low=1)
+    protocol_seed: int = bounded(0, low=0)
     ties: str = "pessimistic"
     score_pretrained: bool = True
 
