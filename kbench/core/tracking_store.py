@@ -23,6 +23,8 @@ DEFAULT_EXPERIMENT = "kbench"
 DEFAULT_DB = "mlflow.db"
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 SQLITE_PREFIX = "sqlite:///"
+# The schemes of MLflow's tracking stores (MLflow 3).
+SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 _URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 
 
@@ -41,7 +43,7 @@ def store_uri(value: str) -> str:
     if database is not None and str(database) not in ("", ":memory:") and not database.is_absolute():
         return f"{SQLITE_PREFIX}{Path.cwd() / database}"
     if _URI_SCHEME.match(value):
-        return value
+        return _supported(value)
     path = Path(value).expanduser().resolve()
     if path.suffix in SQLITE_SUFFIXES:
         return f"{SQLITE_PREFIX}{path}"
@@ -51,6 +53,17 @@ def store_uri(value: str) -> str:
             "give a .db path, a directory or a URI such as sqlite:///runs.db"
         )
     return f"{SQLITE_PREFIX}{path / DEFAULT_DB}"
+
+
+def _supported(uri: str) -> str:
+    """``uri`` if MLflow keeps runs under its scheme (a database's may name a driver: ``postgresql+psycopg2``)."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in SCHEMES:
+        raise KbenchError(
+            f"tracking URI {uri}: unknown scheme {scheme!r}; MLflow keeps runs under {', '.join(SCHEMES)} URIs, "
+            "or give a path for a SQLite store"
+        )
+    return uri
 
 
 def sqlite_path(uri: str) -> Path | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -81,14 +82,15 @@ def encode(texts: Sequence[str]) -> np.ndarray:
 
 
 def write_split(
-    path: Path,
+    path: Path | BinaryIO,
     image_batches: Iterable[np.ndarray],
     product_ids: Sequence[int],
     text: Mapping[str, Sequence[str]],
     extra: Mapping[str, np.ndarray] | None = None,
     image_size: int = IMAGE_SIZE,
 ) -> None:
-    """Write one split in the official layout, streaming images batch by batch (every text key present).
+    """Write one split in the official layout to a file or a file object, streaming images batch by batch (every
+    text key present).
 
     ``extra`` keys are written as given; the official reader ignores them.
     """

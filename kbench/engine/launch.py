@@ -20,6 +20,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import ray
 from ray import tune
+from ray._private import ray_constants
 
 from kbench.core import progress
 from kbench.core.config import Config
@@ -31,6 +32,8 @@ from kbench.engine.tracking import Tracking, log_metrics
 from kbench.engine.trial import TrialSpec
 
 log = logging.getLogger(__name__)
+
+_RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's nodes take 127.0.0.1 as their address
 
 # Progress reports; not "done", which Tune reads as "the trial has finished".
 STAGE, COMPLETED, TOTAL = "progress/stage", "progress/completed", "progress/total"
@@ -150,18 +153,37 @@ def ray_session(base: Config, ray_address: str | None, log: Path) -> Iterator[Co
         if address:
             ray.init(address=address, log_to_driver=True, configure_logging=False)
         else:
-            ray.init(
-                num_cpus=max(os.cpu_count() or 1, trial_cpus(base)),
-                include_dashboard=False,
-                configure_logging=False,
-                log_to_driver=True,
-                _temp_dir=ray_temp_dir(),
-            )
+            with loopback_only():
+                ray.init(
+                    num_cpus=max(os.cpu_count() or 1, trial_cpus(base)),
+                    include_dashboard=False,
+                    configure_logging=False,
+                    log_to_driver=True,
+                    _temp_dir=ray_temp_dir(),
+                )
         divert()
         try:
             yield fitted_resources(base, bool(address))
         finally:
             ray.shutdown()
+
+
+@contextmanager
+def loopback_only() -> Iterator[None]:
+    """A local Ray started in the block listens on 127.0.0.1 only, not on every address (its auth is off): Ray's
+    single-machine mode, read by this process (a constant, set when Ray was imported) and by the Ray processes it
+    starts (their environment). Undone afterwards, so that a later ``ray.init(address=...)`` still reaches a cluster.
+    """
+    saved_env, saved_flag = os.environ.get(_RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_RAY_CLUSTER_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[_RAY_CLUSTER_ENV] = saved_env
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from mlflow.tracking import MlflowClient
 import kbench
 from kbench.core.config import Config
 from kbench.core.errors import KbenchError
+from kbench.core.paths import file_mode
 from kbench.engine.tracking import git_sha
 from kbench.tasks.samples import ARTIFACT_DIR
 
@@ -73,7 +74,7 @@ def write(directory: Path, stem: str, document: Mapping[str, Any]) -> Path:
     try:
         with os.fdopen(fd, "w") as out:
             out.write(dumps(document))
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())
         for n in itertools.count(1):
             final = directory / f"{stem}-{stamp}{'' if n == 1 else f'-{n}'}.json"
             with contextlib.suppress(FileExistsError):
