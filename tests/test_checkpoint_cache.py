@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kbench.core.config import load_config
+from kbench.core.integrity import seal_dir
 from kbench.core.paths import cache_dir
 from kbench.engine.pretrained import pretrained_model
 from kbench.engine.pretraining import HISTORY_FILE
@@ -27,6 +28,7 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_pre_trained_again(caplog: p
     del state["vl.tagger.mean_logits"]
     save_file(state, weights, metadata={"format": "pt"})
     (path / HISTORY_FILE).write_text(json.dumps([{"stale": 1.0}]))
+    seal_dir(path)  # intact, as that older kbench left it: only its parameters differ
 
     with caplog.at_level(logging.WARNING, logger="kbench.engine.pretrained"):
         again, curves = pretrained_model(trial)

@@ -14,6 +14,7 @@ import pytest
 
 from kbench.core.config import DataConfig, SynthConfig
 from kbench.core.errors import KbenchError
+from kbench.core.integrity import MANIFEST
 from kbench.data import synth
 from kbench.data import synth_render as render_module
 from kbench.data.fashiongen import read_splits
@@ -236,7 +237,8 @@ def test_locate_generates_once_then_reuses(tmp_path: Path, monkeypatch: pytest.M
     cfg = DataConfig(synth=SynthConfig(products_train=30, products_test=10, max_poses=2))
     first = synth.SynthFashion().locate(cfg)
     assert first.parent == tmp_path / "synth"
-    assert sorted(p.name for p in first.iterdir()) == sorted([TEST_FILE, TRAIN_FILE])
+    files = sorted(p.name for p in first.iterdir() if not p.name.startswith("."))
+    assert files == sorted([MANIFEST, TEST_FILE, TRAIN_FILE])
     stamp = (first / TRAIN_FILE).stat().st_mtime_ns
 
     def refuse(*args: object) -> None:

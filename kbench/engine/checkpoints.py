@@ -19,6 +19,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 
 from kbench.core.config import Config
 from kbench.core.errors import KbenchError
+from kbench.core.integrity import MANIFEST, check_dir, seal_dir
 from kbench.core.paths import atomic_dir, cache_dir
 from kbench.data.text import load_tokenizer
 from kbench.features.encoders import build_encoder
@@ -50,18 +51,25 @@ def run_id_of(source: str) -> str:
 
 
 def local_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
-    """The directory holding checkpoint ``source``: the directory itself, or a run's logged model downloaded once
-    into the cache (keyed by run id) from ``tracking_uri``."""
+    """The directory holding checkpoint ``source``: the directory itself (refused if it has checksums, as the cache's
+    checkpoints do, and fails them), or a run's logged model downloaded once into the cache (keyed by run id) from
+    ``tracking_uri``, and again when the download fails its checksums."""
     if not is_run_uri(source):
         path = Path(source).expanduser().resolve()
         if not (path / CONFIG_FILE).is_file():
             what = "has no config.json (not a save_pretrained directory)" if path.is_dir() else "does not exist"
             raise KbenchError(f"checkpoint {source} {what}")
+        problem = check_dir(path) if (path / MANIFEST).is_file() else None
+        if problem is not None:
+            raise KbenchError(f"checkpoint {path} is damaged ({problem})")
         return path
     run_id = run_id_of(source)
     path = cache_dir("checkpoints", "runs") / run_id
     if (path / CONFIG_FILE).is_file():
-        return path
+        problem = check_dir(path)
+        if problem is None:
+            return path
+        log.warning("downloaded checkpoint %s is damaged (%s); downloading it again", path, problem)
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
@@ -72,6 +80,7 @@ def local_checkpoint(source: str, tracking_uri: str | None = None) -> Path:
                 raise KbenchError(f"checkpoint {source} holds no logged model (no {CONFIG_FILE})")
             for item in local.iterdir():  # the artifact directory lands inside dst_path under its own name
                 shutil.move(str(item), tmp / item.name)
+            seal_dir(tmp)
     except (MlflowException, OSError) as exc:
         message = getattr(exc, "message", str(exc)).splitlines()[0]
         raise KbenchError(f"cannot download checkpoint {source} from {tracking_uri}: {message}") from None
@@ -208,8 +217,9 @@ def save_instance(model: VLPreTrainedModel) -> Path:
     with tempfile.TemporaryDirectory(dir=cache_dir("checkpoints")) as tmp:
         model.save_pretrained(tmp)
         path = cache_dir("checkpoints", "instances") / weights_digest(Path(tmp) / SAFE_WEIGHTS_NAME)[:16]
-        if not (path / CONFIG_FILE).is_file():
+        if not (path / CONFIG_FILE).is_file() or check_dir(path) is not None:
             with atomic_dir(path) as out:
                 for item in Path(tmp).iterdir():
                     shutil.move(str(item), out / item.name)
+                seal_dir(out)
     return path

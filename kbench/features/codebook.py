@@ -8,6 +8,7 @@ The centroids are fitted once per feature store and size, cached, and shared by 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,8 +16,11 @@ import torch
 from sklearn.cluster import MiniBatchKMeans
 
 from kbench.core.config import digest
+from kbench.core.integrity import check_file, seal_file
 from kbench.core.paths import atomic_path, cache_dir
 from kbench.features.patch_features import PatchFeatures
+
+log = logging.getLogger(__name__)
 
 CODEBOOK_VERSION = 1
 MAX_FIT_PATCHES = 200_000  # a seeded sample of the training patches is enough for the centroids
@@ -63,8 +67,11 @@ def codebook(train: PatchFeatures, size: int, seed: int) -> Codebook:
     key = digest(CODEBOOK_VERSION, train.name, size, seed)
     path = cache_dir("codebooks") / f"{key}.npz"
     if path.exists():
-        with np.load(path) as stored:
-            return Codebook(torch.from_numpy(stored["centroids"]), float(stored["spread"]))
+        problem = check_file(path)
+        if problem is None:
+            with np.load(path) as stored:
+                return Codebook(torch.from_numpy(stored["centroids"]), float(stored["spread"]))
+        log.warning("cached codebook %s is damaged (%s); fitting it again", path, problem)
     rng = np.random.default_rng(seed)
     take = min(len(train), max(1, MAX_FIT_PATCHES // train.num_patches))
     positions = np.sort(rng.choice(len(train), size=take, replace=False))
@@ -72,4 +79,5 @@ def codebook(train: PatchFeatures, size: int, seed: int) -> Codebook:
     book = fit_codebook(sample.reshape(-1, sample.shape[-1]), size, seed)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, centroids=book.centroids.numpy(), spread=book.spread)
+    seal_file(path)
     return book

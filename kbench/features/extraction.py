@@ -206,11 +206,12 @@ def _unique(jobs: Iterable[Job], cfg: FeatureConfig, encoder_id: str) -> list[Jo
 
 
 def _begin(root: Path, split: Split, patching: Patching, cfg: FeatureConfig, encoder: PatchEncoder) -> ShardedStore:
-    """The store at ``root``, begun (or resumed) with its layout, temporary shards of a dead writer removed.
-    Call with the store's lock held."""
+    """The store at ``root``, begun (or resumed) with its layout, temporary shards of a dead writer and shards that
+    fail their checksums removed. Call with the store's lock held."""
     arrays, info = store_layout(split, patching, cfg, encoder)
     store = ShardedStore.create(root, len(split), cfg.shard_rows, arrays, info)
     store.clean()
+    store.drop_damaged()
     if store.missing():
         _note_old_stores()
     return store

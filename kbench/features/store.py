@@ -3,7 +3,9 @@
 A store is a directory of fixed-size shards of rows; each shard holds one ``.npy`` file per named array (rows
 first, C order, so a row is one contiguous run of bytes) and is committed atomically (written under a temporary
 name, renamed into place), so a reader never sees half a shard and an interrupted writer resumes at the first
-missing one. ``store.json`` records the layout. Batches of rows are read with positioned reads through the OS
+missing one. Each shard ends with a manifest of its files' checksums (``kbench.core.integrity``), written last
+and checked the first time a process reads the shard; writers drop damaged shards and extract them again.
+``store.json`` records the layout. Batches of rows are read with positioned reads through the OS
 page cache straight into the batch, consecutive rows coalesced, several reads in flight: measured on a 6 GB store
 here, 256 random rows read at 0.5 of the sequential rate with one read in flight and 0.75 with four, against 0.1
 through ``np.memmap`` (page-sized faults, and the mapped pages count towards the process's RSS) and 0.02 through
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from kbench.core.errors import KbenchError
+from kbench.core.integrity import check_dir, seal_dir
 from kbench.core.paths import atomic_dir, atomic_path
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ class ShardedStore:
         self.arrays = dict(arrays)
         self.info = json.loads(json.dumps(info))  # JSON-native, so a layout read back compares equal
         self._files: dict[tuple[int, str], tuple[int, int]] = {}  # (shard, array) -> (fd, header bytes)
+        self._verified: set[int] = set()  # shards checked against their manifests in this process (or its parent)
         self._pid = os.getpid()
 
     # --- layout -------------------------------------------------------------------------------------------------
@@ -142,6 +146,34 @@ class ShardedStore:
         for stale in self.root.glob(f".{SHARD_PREFIX}*"):
             shutil.rmtree(stale, ignore_errors=True)
 
+    def damage(self, shard: int) -> str | None:
+        """What is wrong with committed ``shard`` (missing, truncated or changed files, no manifest), or None."""
+        return check_dir(self.shard_dir(shard))
+
+    def drop_damaged(self) -> list[int]:
+        """Remove the committed shards that fail their checksums, so that they are written again, with one warning
+        naming them (call only while holding the store's lock); the shards removed."""
+        damaged = {}
+        for shard in range(self.num_shards):
+            if self.shard_dir(shard).is_dir():
+                problem = self.damage(shard)
+                if problem is None:
+                    self._verified.add(shard)
+                else:
+                    damaged[shard] = problem
+        if damaged:
+            first = min(damaged)
+            log.warning(
+                "%d damaged shard(s) in the store %s (%s: %s); writing them again",
+                len(damaged),
+                self.root,
+                self.shard_dir(first).name,
+                damaged[first],
+            )
+            for shard in damaged:
+                shutil.rmtree(self.shard_dir(shard))
+        return sorted(damaged)
+
     # --- writing ------------------------------------------------------------------------------------------------
 
     @contextmanager
@@ -193,7 +225,18 @@ class ShardedStore:
 
     def read_extra(self, shard: int, name: str) -> np.ndarray:
         """A per-shard array saved with ``ShardWriter.save``."""
+        self._verify(shard)
         return np.load(self.shard_dir(shard) / f"{name}.npy")
+
+    def _verify(self, shard: int) -> None:
+        """Refuse a shard that fails its checksums (checked once per process; writers drop such shards)."""
+        if shard not in self._verified:
+            problem = self.damage(shard)
+            if problem is not None:
+                raise KbenchError(
+                    f"store shard {self.shard_dir(shard)} is damaged ({problem}); the next run writes it again"
+                )
+            self._verified.add(shard)
 
     def _file(self, shard: int, name: str) -> tuple[int, int]:
         """The open descriptor of a shard's array file and the size of its ``.npy`` header."""
@@ -201,6 +244,7 @@ class ShardedStore:
             self._files, self._pid = {}, os.getpid()
         key = (shard, name)
         if key not in self._files:
+            self._verify(shard)
             path = self.shard_dir(shard) / f"{name}.npy"
             try:
                 header = np.load(path, mmap_mode="r").offset  # maps nothing but the header's bytes are parsed
@@ -217,7 +261,7 @@ class ShardedStore:
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (to a Ray worker, a spawned process) without descriptors or threads; reopened on first read."""
-        return {**self.__dict__, "_files": {}, "_pid": -1}
+        return {**self.__dict__, "_files": {}, "_verified": set(), "_pid": -1}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -301,6 +345,7 @@ class ShardWriter:
         for f in self.files.values():
             f.flush()
             os.fsync(f.fileno())
+        seal_dir(self.directory)
 
     def close(self) -> None:
         for f in self.files.values():

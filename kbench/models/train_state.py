@@ -3,8 +3,9 @@
 A state is everything the rest of the fit depends on: the weights (safetensors), the optimizer's moments, the
 learning-rate schedule, the global random generators (dropout draws from them; every rank's, in a data-parallel
 fit) and the fit's own counters and running means. Batches are functions of their step (``kbench.data.loader``), so
-the data order needs no state. Saved every ``every`` steps into a directory replaced atomically; on a CPU a
-resumed fit ends with the weights an uninterrupted one does, bit for bit.
+the data order needs no state. Saved every ``every`` steps into a directory replaced atomically, its checksums written
+last (a state that fails them is not resumed from); on a CPU a resumed fit ends with the weights an uninterrupted one
+does, bit for bit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.distributed as dist
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from kbench.core.integrity import check_dir, seal_dir
 from kbench.core.paths import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -59,13 +61,18 @@ class TrainState:
                     "progress": progress,
                 }
                 torch.save(state, tmp / STATE_FILE)
+                seal_dir(tmp)
         if world > 1:
             dist.barrier()
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any] | None:
         """Load the saved state into ``model``, ``optimizer``, ``scheduler`` and the generators; its progress, or
-        None when there is none."""
+        None when there is none or it fails its checksums (then the fit starts over, with a warning)."""
         if not (self.directory / STATE_FILE).is_file():
+            return None
+        problem = check_dir(self.directory)
+        if problem is not None:
+            log.warning("training state %s is damaged (%s); starting the fit over", self.directory, problem)
             return None
         rank = dist.get_rank() if dist.is_initialized() else 0
         state = torch.load(self.directory / STATE_FILE, map_location="cpu", weights_only=True)

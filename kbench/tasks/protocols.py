@@ -3,10 +3,15 @@
 ``fashionbert-101`` (v1): queries are test products; each has its one positive plus 100 negatives from
 other products of the same sub-category, topped up from other sub-categories (and recorded) when the
 sub-category is too small. ``full`` (v1): every query against the whole test gallery.
+
+Lists bear results, so a cached file is used only when it matches the checksum written after it and was drawn from
+this data. A damaged one is replaced only by lists drawn again that are provably the ones recorded (drawing is
+deterministic in the seed: the new lists' checksum equals the recorded one), else refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -16,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from kbench.core.config import digest
+from kbench.core.errors import KbenchError
+from kbench.core.integrity import bytes_digest, check_file, recorded_digest, seal_file
 from kbench.core.paths import atomic_path, cache_dir
 from kbench.core.registry import Registry
 from kbench.data.splits import Split
@@ -68,12 +75,44 @@ class RetrievalProtocol(ABC):
         rows = digest(test.file_fingerprint, test.meta["row"].tolist())  # the dev split is part of the train file
         key = f"{self.name}-v{self.version}-{query}-{test.name}-{rows}-q{queries}-s{seed}.json"
         path = cache_dir("protocols") / key
-        if path.exists():
-            return CandidateLists.from_json(path.read_text())
+        if not path.exists():
+            lists = self.draw(test, query, queries, seed)
+            _write(path, lists.to_json())
+            return lists
+        problem = check_file(path)
+        if problem is None:
+            try:
+                lists = CandidateLists.from_json(path.read_text())
+            except (ValueError, TypeError) as exc:
+                problem = f"unreadable: {exc}"
+            else:
+                if lists.data_fingerprint == test.file_fingerprint:
+                    return lists
+                problem = f"drawn from data of fingerprint {lists.data_fingerprint}, not {test.file_fingerprint}"
+        return self._restore(path, problem, test, query, queries, seed)
+
+    def _restore(self, path: Path, problem: str, test: Split, query: str, queries: int, seed: int) -> CandidateLists:
+        """The lists of a damaged file, drawn again, if they are provably the ones it held; else refused."""
         lists = self.draw(test, query, queries, seed)
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(lists.to_json())
-        return lists
+        text = lists.to_json()
+        with contextlib.suppress(OSError):
+            if recorded_digest(path) == bytes_digest(text.encode()) or path.read_bytes() == text.encode():
+                log.warning(
+                    "candidate lists %s were damaged (%s); drawn again, identical to those recorded", path, problem
+                )
+                _write(path, text)
+                return lists
+        raise KbenchError(
+            f"candidate lists {path} are damaged ({problem}) and cannot be restored; "
+            "`kbench cache clear protocols` (or deleting the file) draws them anew"
+        )
+
+
+def _write(path: Path, text: str) -> None:
+    """A list file, then its checksum."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+    seal_file(path)
 
 
 class _Products:

@@ -35,6 +35,7 @@ from torch import nn
 
 from kbench.core.config import build_section, digest
 from kbench.core.errors import KbenchError
+from kbench.core.integrity import check_file, seal_file
 from kbench.core.paths import atomic_path, cache_dir
 from kbench.core.progress import stage
 from kbench.data.layout import IMAGE_KEY, decode
@@ -238,7 +239,8 @@ def load_alignments(
     """Train the captioner on ``split`` and align its examples, or load the cached result.
 
     The cache is keyed by the split's file fingerprint and rows, ``box_key`` (and the boxes), ``levels``, the
-    encoder, ``cfg`` and ``seed``; the JSON file is written atomically under ``cache_dir("alignments")``.
+    encoder, ``cfg`` and ``seed``; the JSON file is written atomically under ``cache_dir("alignments")``, its checksum
+    after it, and computed again (with a warning) when it fails the checksum.
     ``workers`` processes read the grid features ahead of the captioner.
     """
     boxes = np.asarray(boxes, dtype=np.int64)
@@ -261,12 +263,17 @@ def load_alignments(
     )
     path = cache_dir("alignments") / f"{split.path.stem}-{split.name}-{key}.json"
     with FileLock(str(path) + ".lock"):
+        problem = check_file(path) if path.exists() else None
+        if problem is not None:
+            log.warning("cached alignments %s are damaged (%s); computing them again", path, problem)
+            path.unlink()
         if not path.exists():
             log.info("training the AAG captioner on %d images of %s", len(split), split.path.name)
             grids = grid_features(split, boxes, encoder_name, encoder.to(device), cfg, device)
             alignments = align(split, grids, levels, cfg, device, seed, workers)
             with atomic_path(path) as tmp:
                 tmp.write_text(json.dumps(dataclasses.asdict(alignments), separators=(",", ":")))
+            seal_file(path)
     data = json.loads(path.read_text())
     return Alignments([[tuple(p) for p in pairs] for pairs in data["pairs"]], data["history"])
 
@@ -385,6 +392,7 @@ def grid_features(
     with FileLock(str(root.parent / f"{root.name}.lock")):
         store = ShardedStore.create(root, len(split), shard_rows, arrays, info)
         store.clean()
+        store.drop_damaged()
         missing = store.missing()
         rows = split.meta["row"].to_numpy()
         with stage("AAG features", sum(len(store.shard_span(k)) for k in missing)) as advance:
