@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tracking_args(export)
     export.set_defaults(handler=cmd_export)
 
+    from kbench.commands.cache import KINDS as CACHE_KINDS
+
+    cache = sub.add_parser("cache", help="check the caches under KBENCH_HOME against their checksums, or remove them")
+    cache.add_argument("action", choices=("verify", "clear"), help="verify: list damaged entries; clear: remove")
+    cache.add_argument("what", nargs="?", default="all", choices=("all", *CACHE_KINDS), help="which caches")
+    cache.set_defaults(handler=cmd_cache)
+
     ls = sub.add_parser("ls", help="list registered models, tasks, datasets, protocols, encoders or profiles")
     ls.add_argument(
         "what", choices=("models", "tasks", "datasets", "protocols", "encoders", "profiles"), help="what to list"
@@ -475,6 +482,17 @@ def cmd_export(opts: argparse.Namespace) -> int:
 
     print(export(opts.source, opts.out, tracking_uri(opts.tracking_uri)))
     return 0
+
+
+def cmd_cache(opts: argparse.Namespace) -> int:
+    from kbench.commands.cache import clear, verify
+
+    if opts.action == "clear":
+        print(clear(opts.what))
+        return 0
+    status, report = verify(opts.what)
+    print(report)
+    return status
 
 
 def cmd_ls(opts: argparse.Namespace) -> int:

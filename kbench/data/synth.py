@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from filelock import FileLock
 
 from kbench.core.config import DataConfig, SynthConfig, digest
 from kbench.core.errors import KbenchError
+from kbench.core.integrity import check_dir, seal_dir
 from kbench.core.paths import atomic_dir, atomic_path, cache_dir, check_space, write_failed
 from kbench.core.progress import stage
 from kbench.data.layout import TEST_FILE, TRAIN_FILE, encode, write_split
@@ -555,16 +557,22 @@ class SynthFashion(DataSource):
     """SynthFashion: a synthetic fashion dataset generated offline in the Fashion-Gen layout (the default)."""
 
     def locate(self, cfg: DataConfig) -> Path:
-        """``cfg.data_dir`` as is, else the cached dataset of ``cfg.synth``, generated on first use."""
+        """``cfg.data_dir`` as is, else the cached dataset of ``cfg.synth``, generated on first use (and again, with
+        a warning, when its files fail the checksums written after them)."""
         if cfg.data_dir:
             return Path(cfg.data_dir)
         root = cache_dir("synth")
         final = root / digest(GENERATOR_VERSION, dataclasses.asdict(cfg.synth))
         with FileLock(str(root / f"{final.name}.lock")):
+            problem = check_dir(final) if final.is_dir() else None
+            if problem is not None:
+                log.warning("cached SynthFashion %s is damaged (%s); generating it again", final, problem)
+                shutil.rmtree(final)
             if not final.is_dir():
                 log.info("generating SynthFashion %s into %s", _size(cfg.synth), final)
                 with atomic_dir(final) as tmp:
                     _write(tmp, cfg.synth)
+                    seal_dir(tmp)
         return final
 
 
