@@ -53,11 +53,12 @@ def check_inputs(cfg: Config, specs: list[TrialSpec], tasks: list[str]) -> None:
         log.info("runtime.precision=bf16: this CPU has no bf16 arithmetic, so trials on it compute in fp32")
     dataset = load_dataset(cfg.data)
     log.info(
-        "%s: %d train, %d dev, %d test images; fingerprint %s",
+        "%s: %d train, %d dev, %d test images in %s; fingerprint %s",
         dataset.name,
         len(dataset.train),
         len(dataset.dev),
         len(dataset.test),
+        dataset.train.path.parent.resolve(),
         dataset.fingerprint,
     )
     check_data(dataset, cfg, specs)
