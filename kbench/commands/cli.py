@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 import kbench
+from kbench.core import interrupts
 from kbench.core.config import PROFILES, Config, override_strings, profile_description, resolve_config
 from kbench.core.errors import KbenchError
 
@@ -578,22 +579,22 @@ def cmd_bench(opts: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the subcommand; user errors print one line and return 2."""
+    """Parse ``argv`` and run the subcommand; user errors print one line and return 2; SIGINT, SIGTERM and SIGHUP
+    stop the trials, mark the runs KILLED and return 128 + the signal's number, with one line and no results."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # in case it already was
-    signal.signal(signal.SIGTERM, _interrupt)  # a terminated run ends as FAILED in MLflow, like Ctrl-C
+    interrupts.install()
     opts = build_parser().parse_args(argv)
     try:
         return opts.handler(opts)
     except KbenchError as exc:
         print(f"kbench: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("kbench: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stop = exc if isinstance(exc, interrupts.Interrupted) else interrupts.Interrupted()
+        stopped = "" if stop.stopped is None else f"; {stop.stopped} trial{'' if stop.stopped == 1 else 's'} stopped"
+        rerun = {"run": "; rerun with --resume to continue", "ablate": "; rerun to continue"}.get(opts.command, "")
+        print(f"kbench: interrupted ({signal.Signals(stop.signum).name}){stopped}{rerun}", file=sys.stderr)
+        return stop.exit_status

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -17,12 +18,13 @@ from typing import IO, Any
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray >= 2.59 prints a token-auth notice otherwise
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints nothing; bars come from us
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # kbench's handlers stop Tune on SIGINT, SIGTERM and SIGHUP alike
 
 import ray
 from ray import tune
 from ray._private import ray_constants
 
-from kbench.core import progress
+from kbench.core import interrupts, progress
 from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.core.paths import cache_dir
@@ -99,7 +101,7 @@ def launch(
                     failure_config=tune.FailureConfig(max_failures=base.runtime.retries),
                 ),
             )
-            results = tuner.fit()
+            results = fit(tuner)
     failed = [r for r in results if r.error]
     if failed:
         first = str(failed[0].error).strip().splitlines()
@@ -109,6 +111,23 @@ def launch(
         _label(r.config): {k: v for k, v in r.metrics.items() if "/" in k and k not in (STAGE, COMPLETED, TOTAL)}
         for r in results
     }
+
+
+def fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """``tuner.fit()``; a signal meanwhile stops the experiment as Tune's own stop does (its trials stopped, its
+    state saved), then raises ``Interrupted``."""
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # Tune installs its stop handler here once its loop starts
+    with interrupts.stopping(_stop_tune):
+        return tuner.fit()
+
+
+def _stop_tune() -> bool:
+    """Ask the running Tune loop to stop; False before it has started."""
+    handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(handler):
+        return False
+    handler(signal.SIGUSR1, None)
+    return True
 
 
 def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ...], tracking: Tracking) -> None:
@@ -150,19 +169,20 @@ def ray_session(base: Config, ray_address: str | None, log: Path) -> Iterator[Co
     ``--verbose``."""
     address = ray_address or os.environ.get("RAY_ADDRESS")
     with worker_output(log) as divert:
-        if address:
-            ray.init(address=address, log_to_driver=True, configure_logging=False)
-        else:
-            with loopback_only():
-                ray.init(
-                    num_cpus=max(os.cpu_count() or 1, trial_cpus(base)),
-                    include_dashboard=False,
-                    configure_logging=False,
-                    log_to_driver=True,
-                    _temp_dir=ray_temp_dir(),
-                )
-        divert()
         try:
+            with interrupts.kept():  # a signal ends the run through kbench's handlers, not Ray's (exit 1, crash dump)
+                if address:
+                    ray.init(address=address, log_to_driver=True, configure_logging=False)
+                else:
+                    with loopback_only():
+                        ray.init(
+                            num_cpus=max(os.cpu_count() or 1, trial_cpus(base)),
+                            include_dashboard=False,
+                            configure_logging=False,
+                            log_to_driver=True,
+                            _temp_dir=ray_temp_dir(),
+                        )
+            divert()
             yield fitted_resources(base, bool(address))
         finally:
             ray.shutdown()
@@ -205,6 +225,7 @@ def worker_output(log: Path) -> Iterator[Callable[[], None]]:
         def divert() -> None:
             dispatcher.remove_handler("ray_print_logs")  # ray.init's printer of the workers' lines
             dispatcher.add_handler("kbench_log", functools.partial(_write_worker_lines, out))
+            ray_logger.handlers = [to_file]  # ray.init drops it, and Tune's warnings would reach the terminal
 
         print(f"kbench: Ray's and the trials' output goes to {log} (--verbose shows it here)", file=sys.stderr)
         try:

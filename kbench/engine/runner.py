@@ -154,6 +154,7 @@ def execute(
     if todo:
         name = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
         tags = {"command": command, "profile": cfg.profile, "dataset": cfg.data.dataset, "invocation": name}
+        tags["config_hashes"] = ",".join(sorted({keys[s.label][2] for s in todo}))  # what --resume settles it by
         params = {"trials": ",".join(s.label for s in todo), "tasks": ",".join(tasks)}
         with parent_run(tracking, invocation_name(command, specs, tasks, cfg.profile), tags, params) as parent_id:
             launch(todo, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, ray_address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import tempfile
@@ -30,10 +31,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import kbench
 from kbench.core.errors import KbenchError
+from kbench.core.interrupts import Interrupted
 from kbench.core.tracking_store import DEFAULT_EXPERIMENT, sqlite_path
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
 
 # MLflow 3's UI reads this experiment tag to open a model-training experiment on its runs, not on GenAI traces.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -95,7 +99,8 @@ def base_tags(extra: Mapping[str, Any]) -> dict[str, str]:
 
 @contextmanager
 def parent_run(tracking: Tracking, name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
-    """One run per CLI invocation; trials log their runs under it. Marked FAILED if the block raises."""
+    """One run per CLI invocation; trials log their runs under it. Marked FAILED if the block raises; KILLED, with
+    its child runs still RUNNING, if it is interrupted (the ``Interrupted`` then counts the trials stopped)."""
     client = tracking.client()
     run = client.create_run(tracking.experiment_id, run_name=name, tags=base_tags(tags))
     log_params(client, run.info.run_id, params)
@@ -103,8 +108,23 @@ def parent_run(tracking: Tracking, name: str, tags: Mapping[str, Any], params: M
     try:
         yield run.info.run_id
         status = RunStatus.to_string(RunStatus.FINISHED)
+    except KeyboardInterrupt as exc:
+        status = RunStatus.to_string(RunStatus.KILLED)
+        stopped = _kill_children(client, tracking.experiment_id, run.info.run_id)
+        if isinstance(exc, Interrupted):
+            exc.stopped = stopped
+        raise
     finally:
         client.set_terminated(run.info.run_id, status)
+
+
+def _kill_children(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
+    """Mark KILLED the child runs of ``parent_id`` still RUNNING; how many of its children ended KILLED."""
+    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000)
+    for run in children:
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    return sum(run.info.status in ("RUNNING", "KILLED") for run in children)
 
 
 class TrialRun:
@@ -123,6 +143,8 @@ class TrialRun:
 
     def __exit__(self, exc_type: type | None, *_: object) -> None:
         status = RunStatus.FINISHED if exc_type is None else RunStatus.FAILED
+        if exc_type is not None and issubclass(exc_type, SystemExit | KeyboardInterrupt):  # Tune stopped the trial
+            status = RunStatus.KILLED
         self.client.set_terminated(self.run_id, RunStatus.to_string(status))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
@@ -274,14 +296,26 @@ def trial_runs(tracking: Tracking, model: str) -> list[Any]:
 def settle(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str) -> set[str]:
     """Of the trials ``keys`` names (label -> (model, variant, config hash)), those with a FINISHED run for
     ``tasks``. Runs of those trials left RUNNING by an invocation that was killed are marked KILLED, so that once
-    the rest has run there is exactly one finished result per trial."""
+    the rest has run there is exactly one finished result per trial; so are that invocation's parent run and any
+    other parent run left RUNNING for these trials (by its ``kbench.config_hashes`` and tasks)."""
     client = tracking.client()
     finished: set[str] = set()
+    parents: set[str] = set()
     for label, run in _trial_runs(tracking, keys, tasks):
         if run.info.status == "FINISHED":
             finished.add(label)
         elif run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            parents.add(run.data.tags.get("mlflow.parentRunId", ""))
+    hashes = {config for _, _, config in keys.values()}
+    killed = []
+    for run in client.search_runs([tracking.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        ours = set(run.data.tags.get("kbench.config_hashes", "").split(",")) & hashes
+        if run.info.run_id in parents or (ours and run.data.params.get("tasks") == tasks):
+            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            killed.append(f"{run.info.run_name} ({run.info.run_id[:8]})")
+    if killed:
+        log.info("marked KILLED the runs an interrupted invocation left RUNNING: %s", ", ".join(killed))
     return finished
 
 

@@ -26,7 +26,7 @@ from kbench.core.config import Config, OptimConfig
 from kbench.core.errors import KbenchError
 from kbench.core.paths import atomic_path, cache_dir
 from kbench.core.progress import RunProgress
-from kbench.engine.launch import TrialProgress, configure_worker, prepare_features, ray_session, run_log
+from kbench.engine.launch import TrialProgress, configure_worker, fit, prepare_features, ray_session, run_log
 from kbench.engine.tracking import (
     Tracking,
     TrialRun,
@@ -213,7 +213,7 @@ def search(
                     callbacks=[TrialProgress(display, describe), _Lines(metric)],
                 ),
             )
-            return tuner.fit()
+            return fit(tuner)
 
 
 def settle_samples(tracking: Tracking, results: tune.ResultGrid, metric: str) -> list[dict[str, Any]]:
