@@ -52,19 +52,27 @@ def install() -> None:
 @contextmanager
 def kept() -> Iterator[None]:
     """The signal handlers as they were before the block (``ray.init`` replaces the SIGTERM handler with one that
-    exits on the spot). SIGHUP waits until the block ends: the processes it starts (Ray's) inherit the blocked
-    SIGHUP, so that a hangup of the terminal ends the run through this process, not by killing Ray under it."""
+    exits on the spot)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     saved: dict[int, Any] = {signum: signal.getsignal(signum) for signum in SIGNALS}
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         yield
     finally:
         for signum, handler in saved.items():
             if handler is not None:
                 signal.signal(signum, handler)
+
+
+@contextmanager
+def hangup_deferred() -> Iterator[None]:
+    """SIGHUP waits until the block ends: the processes it starts (Ray's) inherit the blocked SIGHUP, so that a
+    hangup of the terminal ends the run through this process rather than by killing Ray under it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 

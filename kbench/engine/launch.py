@@ -170,7 +170,8 @@ def ray_session(base: Config, ray_address: str | None, log: Path) -> Iterator[Co
     address = ray_address or os.environ.get("RAY_ADDRESS")
     with worker_output(log) as divert:
         try:
-            with interrupts.kept():  # a signal ends the run through kbench's handlers, not Ray's (exit 1, crash dump)
+            # A signal ends the run through kbench's handlers, not Ray's (exit 1, a crash dump).
+            with interrupts.kept(), interrupts.hangup_deferred():
                 if address:
                     ray.init(address=address, log_to_driver=True, configure_logging=False)
                 else:
