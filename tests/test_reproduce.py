@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-from kbench.commands.reproduce import REFERENCE, differences
+import pytest
+
+from kbench.commands.reproduce import PINNED_ISA, REFERENCE, differences, study_environment
+from kbench.core.paths import cache_dir
 from kbench.models.zoo import MODELS
 
 
@@ -33,3 +38,26 @@ def test_the_committed_reference_covers_the_study() -> None:
         assert ("fc/CIDEr" in metrics) == MODELS.get(label.split("/")[0]).generates_text
         assert not any(k.startswith("time/") for k in metrics)
     assert reference["kaleido/agm:agm/seed0"] == reference["kaleido/default/seed0"]  # one config, one result
+
+
+def test_the_study_keeps_its_caches_apart_from_ordinary_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ordinary runs (kernels unpinned) and the study compute the same cache keys from different numbers, so the
+    study's caches live under a root of their own, per pinning: a KBENCH_HOME ordinary runs filled changes nothing."""
+    monkeypatch.setenv("KBENCH_HOME", str(tmp_path))
+    for key in PINNED_ISA:
+        monkeypatch.delenv(key, raising=False)
+    ordinary = {kind: cache_dir(kind) for kind in ("checkpoints", "features", "synth", "aag-grids", "tune")}
+    (ordinary["checkpoints"] / "clip-0123456789abcdef").mkdir()  # a same-key checkpoint an ordinary run left
+    with study_environment() as home:
+        assert os.environ["KBENCH_HOME"] == str(home) and home.parent == tmp_path / "reproduce"
+        assert {k: os.environ[k] for k in PINNED_ISA} == PINNED_ISA
+        study = {kind: cache_dir(kind) for kind in ordinary}
+        assert list(study["checkpoints"].iterdir()) == []
+    assert os.environ["KBENCH_HOME"] == str(tmp_path) and not any(k in os.environ for k in PINNED_ISA)
+    for kind in ordinary:
+        assert study[kind].is_relative_to(home) and not ordinary[kind].is_relative_to(home), kind
+    assert not any(p.is_relative_to(tmp_path / "reproduce") for p in ordinary.values())
+    # Other pinning in the environment (kept, as the study does), other caches.
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    with study_environment() as other:
+        assert other != home and other.parent == home.parent
