@@ -22,6 +22,8 @@ import kbench
 from kbench.core import interrupts
 from kbench.core.config import PROFILES, Config, override_strings, profile_description, resolve_config
 from kbench.core.errors import KbenchError
+from kbench.engine.spool import EXIT_STATUS as EXIT_SPOOLED
+from kbench.engine.spool import Spooled
 
 DESCRIPTION = (
     "Kaleido-BERT and its baselines on the Fashion-Gen tasks: pre-train, fine-tune and evaluate (run, ablate, tune), "
@@ -155,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="the port to serve on")
     ui.add_argument("--tracking-uri", help="the store to serve (default: MLFLOW_TRACKING_URI, else ./mlflow.db)")
     ui.set_defaults(handler=cmd_ui)
+
+    sync = sub.add_parser("sync", help="replay into the tracking store what runs spooled while it was unreachable")
+    sync.add_argument("--tracking-uri", help="only what was spooled for this store (default: every spooled store)")
+    sync.set_defaults(handler=cmd_sync)
 
     reproduce = sub.add_parser("reproduce", help="rerun the reference study and compare it with results/reference")
     mode = reproduce.add_mutually_exclusive_group()
@@ -477,6 +483,14 @@ def cmd_reproduce(opts: argparse.Namespace) -> int:
     return status
 
 
+def cmd_sync(opts: argparse.Namespace) -> int:
+    from kbench.core.tracking_store import tracking_uri
+    from kbench.engine.replay import sync
+
+    print(sync(tracking_uri(opts.tracking_uri) if opts.tracking_uri else None)[1])
+    return 0
+
+
 def cmd_export(opts: argparse.Namespace) -> int:
     from kbench.core.tracking_store import tracking_uri
     from kbench.report.export import export
@@ -589,6 +603,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
     try:
         return opts.handler(opts)
+    except Spooled as exc:  # results whole but kept locally: a status of their own
+        print(f"kbench: {exc}", file=sys.stderr)
+        return EXIT_SPOOLED
     except KbenchError as exc:
         print(f"kbench: error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,8 @@ from kbench.engine.preflight import (
     check_resources,
     check_task_bounds,
 )
-from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle, summarize
+from kbench.engine.replay import conclude, sync
+from kbench.engine.tracking import Tracking, finished_runs, open_experiment, parent_run, settle
 from kbench.engine.trial import TrialSpec, config_hash, model_options, trial_config
 from kbench.features.encoders import RANDOM_WEIGHTS, build_encoder
 from kbench.models.zoo import MODELS, NO_INIT, bert_config, check_options
@@ -147,6 +148,9 @@ def execute(
     keys = {s.label: (s.model, s.variant, config_hash(cfg, s)) for s in specs}
     todo = specs
     if resume:
+        replayed, line = sync(uri)  # what an earlier invocation spooled while the store was unreachable
+        if replayed:
+            log.info("%s", line)
         done = settle(tracking, keys, ",".join(tasks))
         if done:
             log.info("%d of %d trials already finished: %s", len(done), len(specs), ", ".join(sorted(done)))
@@ -158,8 +162,8 @@ def execute(
         params = {"trials": ",".join(s.label for s in todo), "tasks": ",".join(tasks)}
         with parent_run(tracking, invocation_name(command, specs, tasks, cfg.profile), tags, params) as parent_id:
             launch(todo, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, ray_address)
-            found = finished_runs(tracking, keys, ",".join(tasks))
-            summarize(tracking, parent_id, found.values())  # with --resume, the trials finished before too
+            # The calls trials spooled replayed, then the summary (with --resume, of the trials finished before too).
+            found = conclude(uri, experiment_id, parent_id, keys, ",".join(tasks))
         return parent_id, found
     return None, finished_runs(tracking, keys, ",".join(tasks))
 

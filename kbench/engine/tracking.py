@@ -8,9 +8,11 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,8 @@ import kbench
 from kbench.core.errors import KbenchError
 from kbench.core.interrupts import Interrupted
 from kbench.core.tracking_store import DEFAULT_EXPERIMENT, sqlite_path
+from kbench.engine.spool import Spool, Spooled, end_parent, record_call, retrying, unreachable
+from kbench.engine.sqlite_store import store_lock, wait_when_busy
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -57,26 +61,33 @@ class Tracking:
     parent_run_id: str | None = None
 
     def client(self) -> MlflowClient:
+        wait_when_busy()
         return MlflowClient(tracking_uri=self.uri)
 
 
 def open_experiment(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created on first use (artifacts beside a SQLite store)."""
-    client = MlflowClient(tracking_uri=uri)
+    """The id of experiment ``name``, created on first use (artifacts beside a SQLite store). A new SQLite store is
+    created and migrated under a lock, so that invocations starting together do not both migrate it."""
     try:
-        found = client.get_experiment_by_name(name)
-        if found is not None:
-            if EXPERIMENT_KIND[0] not in found.tags:  # made by an earlier kbench
-                client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
-            return found.experiment_id
-        location = None
-        database = sqlite_path(uri)
-        if database is not None:
-            database.parent.mkdir(parents=True, exist_ok=True)
-            location = (database.parent / "mlartifacts").resolve().as_uri()
-        return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
+        with store_lock(uri):
+            return _open_experiment(MlflowClient(tracking_uri=uri), uri, name)
     except MlflowException as exc:
         raise KbenchError(f"cannot use tracking store {uri}: {exc.message.splitlines()[0]}") from None
+
+
+def _open_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """``open_experiment`` once the store is open."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if EXPERIMENT_KIND[0] not in found.tags:  # made by an earlier kbench
+            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        return found.experiment_id
+    location = None
+    database = sqlite_path(uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        location = (database.parent / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
 def git_sha() -> str:
@@ -108,14 +119,17 @@ def parent_run(tracking: Tracking, name: str, tags: Mapping[str, Any], params: M
     try:
         yield run.info.run_id
         status = RunStatus.to_string(RunStatus.FINISHED)
+    except Spooled:  # the results are whole, only not in the store yet
+        status = RunStatus.to_string(RunStatus.FINISHED)
+        raise
     except KeyboardInterrupt as exc:
         status = RunStatus.to_string(RunStatus.KILLED)
         stopped = _kill_children(client, tracking.experiment_id, run.info.run_id)
         if isinstance(exc, Interrupted):
             exc.stopped = stopped
         raise
-    finally:
-        client.set_terminated(run.info.run_id, status)
+    finally:  # spooled if the store is unreachable: the error that ended the block stays the one shown
+        end_parent(tracking.uri, tracking.experiment_id, run.info.run_id, status)
 
 
 def _kill_children(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
@@ -128,15 +142,41 @@ def _kill_children(client: MlflowClient, experiment_id: str, parent_id: str) -> 
 
 
 class TrialRun:
-    """The MLflow run of one trial (a child of the invocation's run); FINISHED only if the trial completes."""
+    """The MLflow run of one trial (a child of the invocation's run); FINISHED only if the trial completes.
+
+    Each call is retried while the store is unreachable; once that fails, this and every later call of the run go to
+    a ``Spool`` in ``KBENCH_HOME`` instead, and the trial carries on (``kbench sync`` replays them)."""
 
     def __init__(self, tracking: Tracking, name: str, tags: Mapping[str, Any]) -> None:
         self.client = tracking.client()
-        all_tags = base_tags(tags)
+        self.tracking = tracking
+        self.name = name
+        self.tags = base_tags(tags)
         if tracking.parent_run_id:
-            all_tags["mlflow.parentRunId"] = tracking.parent_run_id
+            self.tags["mlflow.parentRunId"] = tracking.parent_run_id
         self.experiment_id = tracking.experiment_id
-        self.run_id = self.client.create_run(tracking.experiment_id, run_name=name, tags=all_tags).info.run_id
+        self.start_time = _now_ms()
+        self.spool: Spool | None = None
+        self.run_id: str | None = None
+        try:
+            created = retrying(lambda: self.client.create_run(self.experiment_id, self.start_time, self.tags, name))
+            self.run_id = created.info.run_id
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self.spool = self._start_spool()
+
+    def _start_spool(self) -> Spool:
+        """The run's spool, opened by where and how the run is (or is to be) created."""
+        head = {"uri": self.tracking.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
+        head |= {"name": self.name, "tags": self.tags, "start_time": self.start_time, "key": uuid.uuid4().hex}
+        spool = Spool.start(self.tracking.parent_run_id or "runs", self.name, head)
+        log.warning("tracking store %s unreachable: run %s goes on in %s", self.tracking.uri, self.name, spool.path)
+        return spool
+
+    def _call(self, call: Callable[[], object], op: str, **record: Any) -> None:
+        """``call`` on the store, or the spool's record ``op`` once the store is out of reach."""
+        self.spool = record_call(self.spool, self._start_spool, call, op, **record)
 
     def __enter__(self) -> TrialRun:
         return self
@@ -145,35 +185,39 @@ class TrialRun:
         status = RunStatus.FINISHED if exc_type is None else RunStatus.FAILED
         if exc_type is not None and issubclass(exc_type, SystemExit | KeyboardInterrupt):  # Tune stopped the trial
             status = RunStatus.KILLED
-        self.client.set_terminated(self.run_id, RunStatus.to_string(status))
+        name, end = RunStatus.to_string(status), _now_ms()
+        self._call(partial(self.client.set_terminated, self.run_id, name, end), "terminate", status=name, end_time=end)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        tags = [RunTag(f"kbench.{k}", str(v)) for k, v in tags.items()]
-        self.client.log_batch(self.run_id, tags=tags)
+        values = {f"kbench.{k}": str(v) for k, v in tags.items()}
+        items = [RunTag(k, v) for k, v in values.items()]
+        self._call(partial(self.client.log_batch, self.run_id, tags=items), "tags", tags=values)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        log_params(self.client, self.run_id, params)
+        values = param_values(params)
+        self._call(partial(log_params, self.client, self.run_id, values), "params", params=values)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        log_metrics(self.client, self.run_id, metrics, step)
+        items = metric_items(metrics, step)
+        rows = [[m.key, m.value, m.timestamp, m.step] for m in items]
+        self._call(partial(log_metric_items, self.client, self.run_id, items), "metrics", metrics=rows)
 
-    def log_artifacts(self, local_dir: str | Path, directory: str) -> None:
+    def log_artifacts(self, local_dir: str | Path, directory: str | None) -> None:
         """Copy the files of ``local_dir`` into the artifact sub-directory ``directory``."""
-        self.client.log_artifacts(self.run_id, str(local_dir), directory)
+        call = partial(self.client.log_artifacts, self.run_id, str(local_dir), directory)
+        self._call(call, "artifacts", files=local_dir, directory=directory)
 
     def log_text(self, name: str, content: str, directory: str | None = None) -> None:
         """Write ``content`` as artifact file ``name``, in the artifact sub-directory ``directory`` if given."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(content)
-            self.client.log_artifact(self.run_id, str(path), directory)
+            (Path(tmp) / name).write_text(content)
+            self.log_artifacts(tmp, directory)
 
     def log_image(self, name: str, figure: Figure) -> None:
         """Save ``figure`` as the PNG artifact ``name`` (shown inline by the UI's artifact view)."""
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            figure.savefig(path, dpi=120, bbox_inches="tight")
-            self.client.log_artifact(self.run_id, str(path))
+            figure.savefig(Path(tmp) / name, dpi=120, bbox_inches="tight")
+            self.log_artifacts(tmp, None)
 
     def log_dataset(self, name: str, digest: str, data_dir: str | None, sizes: Mapping[str, int]) -> None:
         """The trial's dataset as the run's MLflow dataset input: its name, fingerprint, where it was read from (a
@@ -182,26 +226,48 @@ class TrialRun:
             source_type, source = "local", {"uri": str(Path(data_dir).resolve())}
         else:
             source_type, source = "code", {"tags": {"generator": "synthfashion"}}
-        dataset = Dataset(name, digest, source_type, json.dumps(source), profile=json.dumps(dict(sizes)))
-        context = InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)
-        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [context])])
+        fields = {"name": name, "digest": digest, "source_type": source_type, "source": json.dumps(source)}
+        fields["profile"] = json.dumps(dict(sizes))
+        inputs = [DatasetInput(Dataset(**fields), [InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])]
+        context = {MLFLOW_DATASET_CONTEXT: DATASET_CONTEXT}
+        self._call(partial(self.client.log_inputs, self.run_id, inputs), "inputs", dataset=fields, context=context)
 
-    def log_model(self, local_dir: str | Path, name: str, params: Mapping[str, Any]) -> str:
+    def log_model(self, local_dir: str | Path, name: str, params: Mapping[str, Any]) -> None:
         """Register the checkpoint in ``local_dir`` (already logged under the run's ``model/``) as an MLflow 3 logged
-        model of this run, with its files when they are small; the id of the logged model."""
-        uri = f"runs:/{self.run_id}/{name}"
-        size = sum(f.stat().st_size for f in Path(local_dir).rglob("*") if f.is_file())
-        tags = {"kbench.checkpoint_uri": uri, "kbench.checkpoint_bytes": str(size)}
-        values = {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in params.items()}
-        model = self.client.create_logged_model(
-            self.experiment_id, name=name, source_run_id=self.run_id, tags=tags, params=values, model_type="kbench"
-        )
-        if size <= LOGGED_MODEL_MAX_BYTES:
-            self.client.log_model_artifacts(model.model_id, str(local_dir))
-        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, 0)])
-        self.set_tags({"checkpoint_uri": uri, "logged_model": model.model_id})
-        return model.model_id
+        model of this run, with its files when they are small."""
+        values = param_values(params)
+        call = partial(register_model, self.client, self.experiment_id, self.run_id, local_dir, name, values)
+        self._call(call, "model", files=local_dir, name=name, params=values)
+
+
+def register_model(
+    client: MlflowClient,
+    experiment_id: str,
+    run_id: str,
+    local_dir: str | Path,
+    name: str,
+    params: Mapping[str, str],
+    model_id: str | None = None,
+) -> str:
+    """Register ``local_dir`` as the logged model ``name`` of run ``run_id`` (or complete the logged model
+    ``model_id`` an interrupted replay created), with its files when they are small; the logged model's id."""
+    uri = f"runs:/{run_id}/{name}"
+    size = sum(f.stat().st_size for f in Path(local_dir).rglob("*") if f.is_file())
+    tags = {"kbench.checkpoint_uri": uri, "kbench.checkpoint_bytes": str(size)}
+    linked: set[str] = set()
+    if model_id is None:
+        model_id = client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, tags=tags, params=dict(params), model_type="kbench"
+        ).model_id
+    else:
+        linked = {output.model_id for output in client.get_run(run_id).outputs.model_outputs}
+    if size <= LOGGED_MODEL_MAX_BYTES:
+        client.log_model_artifacts(model_id, str(local_dir))
+    client.finalize_logged_model(model_id, LoggedModelStatus.READY)
+    if model_id not in linked:
+        client.log_outputs(run_id, [LoggedModelOutput(model_id, 0)])
+    client.log_batch(run_id, tags=[RunTag("kbench.checkpoint_uri", uri), RunTag("kbench.logged_model", model_id)])
+    return model_id
 
 
 def summarize(tracking: Tracking, parent_id: str, run_ids: Iterable[str]) -> dict[str, float]:
@@ -247,14 +313,27 @@ def ui_address(uri: str, port: int, experiment: str = DEFAULT_EXPERIMENT) -> str
     return experiment_url(base, found.experiment_id) if found else base
 
 
+def param_values(params: Mapping[str, Any]) -> dict[str, str]:
+    """Params as MLflow stores them: strings, JSON for dicts and lists."""
+    return {k: json.dumps(v) if isinstance(v, dict | list) else str(v) for k, v in params.items()}
+
+
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    items = [Param(k, json.dumps(v) if isinstance(v, dict | list) else str(v)) for k, v in params.items()]
+    items = [Param(k, v) for k, v in param_values(params).items()]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[i : i + _BATCH])
 
 
+def metric_items(metrics: Mapping[str, float], step: int = 0) -> list[Metric]:
+    """``metrics`` as MLflow metrics at ``step``, stamped now."""
+    return [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
+
+
 def log_metrics(client: MlflowClient, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-    items = [Metric(k, float(v), _now_ms(), step) for k, v in metrics.items()]
+    log_metric_items(client, run_id, metric_items(metrics, step))
+
+
+def log_metric_items(client: MlflowClient, run_id: str, items: list[Metric]) -> None:
     for i in range(0, len(items), 1000):
         client.log_batch(run_id, metrics=items[i : i + 1000])
 

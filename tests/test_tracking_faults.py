@@ -1,0 +1,167 @@
+"""Tracking through faults: a tracking server that goes away mid-run (the runs go on in a local spool, which
+``kbench sync`` replays exactly once), and invocations creating one new SQLite store at the same time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from kbench.commands.cli import main
+from kbench.engine.spool import spool_root
+from kbench.engine.tracking import Tracking, TrialRun, open_experiment
+from tests.test_plots_ui import free_port, wait_for_ok
+
+# A request to a server that is gone fails at once rather than after MLflow's minutes of retries.
+FAST_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+SPOOLED_LINE = "kbench: tracking store {url} unreachable; results of 1 trial spooled in {path}; run `kbench sync`"
+
+
+class Server:
+    """``mlflow server`` of a SQLite store on 127.0.0.1, in its own process group: killed and started again."""
+
+    def __init__(self, store: str, port: int, log: Path) -> None:
+        self.store, self.port, self.log = store, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.store, "--workers", "1"]
+        argv += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log.open("a") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=out, start_new_session=True)
+        wait_for_ok(f"{self.url}/health", tries=240)
+
+    def kill(self) -> None:
+        """SIGKILL to the server and its workers: gone at once, as a crashed host would be."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    for key, value in FAST_FAILURE.items():
+        monkeypatch.setenv(key, value)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    open_experiment(store, "kbench")
+    served = Server(store, free_port(), tmp_path / "server.log")
+    served.start()
+    yield served
+    served.kill()
+
+
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def store_state(client: MlflowClient, experiment_id: str) -> list[tuple]:
+    """Every run of the experiment with its status, params, tags and full metric histories; its logged models."""
+    runs = []
+    for run in client.search_runs([experiment_id], max_results=1000):
+        histories = {key: metric_history(client, run.info.run_id, key) for key in run.data.metrics}
+        tags = {k: v for k, v in run.data.tags.items() if k != "kbench.logged_model"}
+        runs.append((run.info.run_name, run.info.status, run.data.params, tags, histories))
+    models = client.search_logged_models([experiment_id])
+    return [*sorted(runs, key=str), ("logged models", sorted((m.name, m.source_run_id) for m in models))]
+
+
+@pytest.mark.slow
+def test_a_trial_run_outlives_its_server_and_is_synced_exactly_once(
+    server: Server, kbench_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    client = MlflowClient(tracking_uri=server.url)
+    experiment_id = client.get_experiment_by_name("kbench").experiment_id
+    parent_id = client.create_run(experiment_id, run_name="parent").info.run_id
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "weights.bin").write_bytes(b"\1" * 1000)
+    with TrialRun(Tracking(server.url, experiment_id, parent_id), "clip/seed0", {"model": "clip"}) as run:
+        run.log_params({"lr": 0.1, "sizes": [1, 2]})
+        run.log_metrics({"pretrain/loss": 2.0}, step=1)
+        server.kill()
+        run.log_metrics({"pretrain/loss": 1.5}, step=2)
+        run.log_metrics({"cr/acc": 42.0})
+        run.set_tags({"protocol": "p v1"})
+        run.log_text("config.yaml", "a: 1\n")
+        run.log_text("cr.jsonl", '{"x": 1}\n', "samples")
+        run.log_image("loss.png", Figure())
+        run.log_dataset("synthfashion", "abc", None, {"train": 3, "test": 2})
+        run.log_artifacts(checkpoint, "model")
+        run.log_model(checkpoint, "model", {"kpg": True})
+    folder = spool_root() / parent_id
+    (spool,) = folder.glob("*.jsonl")
+    records = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert [r["op"] for r in records] == [
+        "run", "metrics", "metrics", "tags", "artifacts", "artifacts", "artifacts", "inputs", "artifacts", "model",
+        "terminate",
+    ]  # fmt: skip
+    assert records[0]["run_id"] == run.run_id and records[-1]["status"] == "FINISHED"
+    server.start()
+    assert client.get_run(run.run_id).info.status == "RUNNING"  # what the outage left
+    kept = tmp_path / "spool-copy"
+    shutil.copytree(folder, kept)
+
+    assert main(["sync"]) == 0
+    assert "replayed 1 spooled run of 1 invocation(s)" in capsys.readouterr().out
+    assert not folder.exists()
+    synced = client.get_run(run.run_id)
+    assert synced.info.status == "FINISHED" and synced.info.end_time == records[-1]["end_time"]
+    assert metric_history(client, run.run_id, "pretrain/loss") == [(1, 2.0), (2, 1.5)]
+    assert synced.data.metrics["cr/acc"] == 42.0 and synced.data.tags["kbench.protocol"] == "p v1"
+    assert synced.data.params == {"lr": "0.1", "sizes": "[1, 2]"}
+    artifacts = Path(synced.info.artifact_uri.removeprefix("file://"))
+    files = {str(f.relative_to(artifacts)) for f in artifacts.rglob("*") if f.is_file()}
+    assert files == {"config.yaml", "loss.png", "samples/cr.jsonl", "model/weights.bin"}
+    (model,) = client.search_logged_models([experiment_id])
+    assert model.source_run_id == run.run_id and synced.data.tags["kbench.logged_model"] == model.model_id
+    assert [i.dataset.digest for i in synced.inputs.dataset_inputs] == ["abc"]
+    after_sync = store_state(client, experiment_id)
+
+    assert main(["sync"]) == 0  # nothing left: nothing replayed
+    assert "nothing to sync" in capsys.readouterr().out
+    assert store_state(client, experiment_id) == after_sync
+
+    # A sync that stopped after replaying the first half of the records, before marking the last of them done.
+    shutil.copytree(kept, folder)
+    (folder / spool.name).with_suffix(".done").write_text("".join(f"{seq}\n" for seq in range(1, 5)))
+    assert main(["sync"]) == 0
+    assert store_state(client, experiment_id) == after_sync
+    assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_invocations_creating_one_new_store_together_all_succeed(tmp_path: Path) -> None:
+    """Four processes open a new SQLite store at the same moment (MLflow creates and migrates it) and log a run."""
+    store = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    start = time.time() + 8  # past the imports of every process
+    script = (
+        "import sys, time\n"
+        "from kbench.engine.tracking import Tracking, TrialRun, open_experiment\n"
+        "time.sleep(max(0, float(sys.argv[2]) - time.time()))\n"
+        "experiment = open_experiment(sys.argv[1], 'kbench')\n"
+        "with TrialRun(Tracking(sys.argv[1], experiment), 'together', {'model': 'clip'}) as run:\n"
+        "    run.log_metrics({'cr/acc': 1.0})\n"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, store, str(start)], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], errors
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("kbench").experiment_id])
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    with sqlite3.connect(tmp_path / "new" / "mlflow.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
