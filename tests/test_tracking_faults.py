@@ -165,3 +165,77 @@ def test_invocations_creating_one_new_store_together_all_succeed(tmp_path: Path)
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
     with sqlite3.connect(tmp_path / "new" / "mlflow.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.slow
+def test_a_run_whose_server_dies_mid_trial_ends_spooled_and_syncs_once(
+    server: Server, kbench_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The server is killed while the trial runs and stays down: the trial finishes into the spool, the run exits 3
+    with one line; once the server is back, ``kbench sync`` puts every spooled metric in the store exactly once."""
+    argv = [sys.executable, "-m", "kbench", "run", "--model", "clip", "--task", "cr", "--profile", "smoke"]
+    argv += ["--limit", "20", "--cpus-per-trial", "1", "--tracking-uri", server.url]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        parent_id = wait_for_trial_run(tmp_path / "mlflow.db", run)
+        server.kill()
+        out, err = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    folder = spool_root() / parent_id
+    assert run.returncode == 3, err
+    assert err.strip().splitlines()[-1] == (
+        f"{SPOOLED_LINE.format(url=server.url, path=folder)} (or --resume) when it is back"
+    ), err
+    assert "Traceback" not in err and "Traceback" not in out
+    (trial,) = [p for p in folder.glob("*.jsonl") if p.stem != "parent"]
+    spooled = [json.loads(line) for line in trial.read_text().splitlines()]
+    assert spooled[-1] == {**spooled[-1], "op": "terminate", "status": "FINISHED"}
+    metrics = [tuple(m) for r in spooled if r["op"] == "metrics" for m in r["metrics"]]
+    assert any(key == "cr/acc" for key, *_ in metrics)
+    parent_ops = [json.loads(line)["op"] for line in (folder / "parent.jsonl").read_text().splitlines()]
+    assert parent_ops == ["run", "summarize", "terminate"]
+
+    server.start()
+    client = MlflowClient(tracking_uri=server.url)
+    assert client.get_run(parent_id).info.status == "RUNNING"  # what the outage left
+    assert main(["sync"]) == 0
+    assert "replayed 2 spooled runs of 1 invocation(s)" in capsys.readouterr().out
+    assert not folder.exists()
+    experiment_id = client.get_experiment_by_name("kbench").experiment_id
+    runs = client.search_runs([experiment_id])
+    (trial_id,) = [r.info.run_id for r in runs if r.info.run_id != parent_id]  # one trial run, created or not
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert client.get_run(trial_id).data.tags["kbench.run_key"] == spooled[0]["tags"]["kbench.run_key"]
+    logged = [
+        (m.key, m.value, m.timestamp, m.step)
+        for key in {key for key, *_ in metrics}
+        for m in client.get_metric_history(trial_id, key)
+    ]
+    assert all(logged.count(m) == 1 for m in metrics)  # every spooled value, once
+    assert len(logged) == len(set(logged))
+    losses = [m.step for m in client.get_metric_history(trial_id, "pretrain/loss")]
+    assert sorted(losses) == list(range(1, len(losses) + 1))  # each epoch once, whether logged before or after
+    trial_acc = client.get_run(trial_id).data.metrics["cr/acc"]
+    assert client.get_run(parent_id).data.metrics["cr/acc"] == trial_acc  # the summary, replayed
+    state = store_state(client, experiment_id)
+    assert main(["sync"]) == 0 and "nothing to sync" in capsys.readouterr().out
+    assert store_state(client, experiment_id) == state
+
+
+def wait_for_trial_run(database: Path, run: subprocess.Popen, timeout: float = 600) -> str:
+    """Once the run's trial has its MLflow run, the id of the parent run (read from the server's SQLite file)."""
+    deadline = time.time() + timeout
+    query = "SELECT value FROM tags WHERE key = 'mlflow.parentRunId'"
+    while time.time() < deadline and run.poll() is None:
+        if database.exists():
+            with sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True, timeout=5) as db:
+                try:
+                    found = db.execute(query).fetchall()
+                except sqlite3.OperationalError:  # no tables yet
+                    found = []
+            if found:
+                return found[0][0]
+        time.sleep(0.2)
+    raise AssertionError(f"no trial run appeared; kbench exited {run.poll()}")

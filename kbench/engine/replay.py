@@ -1,7 +1,8 @@
 """Replaying spooled tracking calls into the store (``kbench sync``, ``--resume``, the end of an invocation whose
 store came back): each record once, marked done as it goes, so that an interrupted replay resumes without
-duplicates; a run the spool created is found again by its ``kbench.spool_key`` tag, a logged model by its run and
-name, and what is replayed twice (params, tags, metrics with their timestamps, artifacts) is stored once."""
+duplicates. A run whose creation was spooled (or lost its answer) is found by its ``kbench.run_key`` tag, a logged
+model by its run and name; what is replayed twice (params, tags, metrics with their timestamps, artifacts) is stored
+once."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from kbench.engine.spool import (
     PARENT,
-    SPOOL_KEY,
+    RUN_KEY,
     Spool,
     Spooled,
     append_line,
@@ -116,16 +117,16 @@ def conclude(
 
 
 def _resolve_run(client: MlflowClient, head: Mapping[str, Any]) -> tuple[str, str]:
-    """The run a spool logs to, and its status: the one it names, else the one created with its key (created
-    now if none was)."""
+    """The run a spool logs to, and its status: the one it names, else the one with its key (created now if none
+    is: the store may have created it without its answer reaching the trial)."""
     if head.get("run_id"):
         return head["run_id"], client.get_run(head["run_id"]).info.status
-    query = f"tags.`{SPOOL_KEY}` = '{head['key']}'"
+    query = f"tags.`{RUN_KEY}` = '{head['tags'][RUN_KEY]}'"
     found = client.search_runs([head["experiment_id"]], query, max_results=1)
     if found:
         return found[0].info.run_id, found[0].info.status
-    tags = {**head["tags"], SPOOL_KEY: head["key"]}
-    run = client.create_run(head["experiment_id"], start_time=head["start_time"], tags=tags, run_name=head["name"])
+    tags, name = head["tags"], head["name"]
+    run = client.create_run(head["experiment_id"], start_time=head["start_time"], tags=tags, run_name=name)
     return run.info.run_id, "RUNNING"
 
 

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 EXIT_STATUS = 3  # the CLI's status when results are whole but spooled
 PARENT = "parent"
 RETRY_DELAYS = (1.0, 4.0)  # seconds between our attempts, after MLflow's own retries of each request
-SPOOL_KEY = "kbench.spool_key"
+RUN_KEY = "kbench.run_key"  # a trial run's tag, made before the run
 _T = TypeVar("_T")
 
 

@@ -35,7 +35,7 @@ import kbench
 from kbench.core.errors import KbenchError
 from kbench.core.interrupts import Interrupted
 from kbench.core.tracking_store import DEFAULT_EXPERIMENT, sqlite_path
-from kbench.engine.spool import Spool, Spooled, end_parent, record_call, retrying, unreachable
+from kbench.engine.spool import RUN_KEY, Spool, Spooled, end_parent, record_call, retrying, unreachable
 from kbench.engine.sqlite_store import store_lock, wait_when_busy
 
 if TYPE_CHECKING:
@@ -154,6 +154,7 @@ class TrialRun:
         self.tags = base_tags(tags)
         if tracking.parent_run_id:
             self.tags["mlflow.parentRunId"] = tracking.parent_run_id
+        self.tags[RUN_KEY] = uuid.uuid4().hex  # finds the run again if its creation's answer is lost
         self.experiment_id = tracking.experiment_id
         self.start_time = _now_ms()
         self.spool: Spool | None = None
@@ -169,7 +170,7 @@ class TrialRun:
     def _start_spool(self) -> Spool:
         """The run's spool, opened by where and how the run is (or is to be) created."""
         head = {"uri": self.tracking.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
-        head |= {"name": self.name, "tags": self.tags, "start_time": self.start_time, "key": uuid.uuid4().hex}
+        head |= {"name": self.name, "tags": self.tags, "start_time": self.start_time}
         spool = Spool.start(self.tracking.parent_run_id or "runs", self.name, head)
         log.warning("tracking store %s unreachable: run %s goes on in %s", self.tracking.uri, self.name, spool.path)
         return spool
