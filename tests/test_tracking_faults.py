@@ -19,7 +19,6 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from kbench.commands.cli import main
-from kbench.engine.spool import spool_root
 from kbench.engine.tracking import Tracking, TrialRun, open_experiment
 from tests.test_plots_ui import free_port, wait_for_ok
 
@@ -100,7 +99,7 @@ def test_a_trial_run_outlives_its_server_and_is_synced_exactly_once(
         run.log_dataset("synthfashion", "abc", None, {"train": 3, "test": 2})
         run.log_artifacts(checkpoint, "model")
         run.log_model(checkpoint, "model", {"kpg": True})
-    folder = spool_root() / parent_id
+    folder = kbench_home / "spool" / parent_id
     (spool,) = folder.glob("*.jsonl")
     records = [json.loads(line) for line in spool.read_text().splitlines()]
     assert [r["op"] for r in records] == [
@@ -183,7 +182,7 @@ def test_a_run_whose_server_dies_mid_trial_ends_spooled_and_syncs_once(
     finally:
         if run.poll() is None:
             run.kill()
-    folder = spool_root() / parent_id
+    folder = kbench_home / "spool" / parent_id
     assert run.returncode == 3, err
     assert err.strip().splitlines()[-1] == (
         f"{SPOOLED_LINE.format(url=server.url, path=folder)} (or --resume) when it is back"
