@@ -145,6 +145,43 @@ def test_a_write_failing_with_enospc_is_one_error_and_leaves_nothing(tmpfs: Call
     assert list(disk.iterdir()) == []
 
 
+def test_a_feature_store_shard_filling_the_disk_is_one_error_and_commits_nothing(tmpfs: Callable[..., Path]) -> None:
+    """A shard larger than the disk: an error naming the shard and the space left, no committed or temporary shard,
+    and the store resumes there once space is free."""
+    from kbench.core.errors import KbenchError
+    from kbench.features.store import ArraySpec, ShardedStore
+
+    disk = tmpfs("disk", "1m")
+    store = ShardedStore.create(disk / "store", 8, 4, {"x": ArraySpec((512, 256), "float32")}, {"what": "test"})
+    assert store.missing_bytes() == 8 * 512 * 256 * 4
+    with pytest.raises(KbenchError) as caught, store.shard_writer(0) as writer:
+        writer.append({"x": np.ones((4, 512, 256), dtype=np.float32)})
+    message = str(caught.value)
+    assert message.startswith(f"cannot write a feature store shard to {store.shard_dir(0)}: No space left on device (")
+    assert message.endswith(" MB free)")
+    assert sorted(p.name for p in store.root.iterdir()) == ["store.json"]
+    assert store.missing() == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_run_whose_feature_stores_do_not_fit_is_refused_before_extraction(
+    tmpfs: Callable[..., Path], tmp_path: Path
+) -> None:
+    """SynthFashion elsewhere, KBENCH_HOME on a disk too small for the smoke run's 7 MB of features: one line naming
+    the features directory, the space needed and free, before any shard is written; with space, the run works."""
+    data = tmp_path / "data"
+    assert kbench("data", "synth", "--out", str(data), *SMOKE).returncode == 0
+    home = tmpfs("home", "4m")
+    argv = [*RUN, "--data-dir", str(data), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    line = one_error_line(kbench(*argv, env={"KBENCH_HOME": str(home)}), str(home / "features"))
+    assert "not enough disk space for 2 feature stores" in line and "needs about 7." in line and " free" in line
+    assert [p for p in (home / "features").rglob("*") if p.name.startswith("shard-")] == []
+    roomy = tmp_path / "roomy"
+    done = kbench(*argv, env={"KBENCH_HOME": str(roomy)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len([p for p in (roomy / "features").rglob("shard-*") if p.is_dir()]) == 2
+
+
 # --- tracking URI -------------------------------------------------------------------------------------------------
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 from filelock import FileLock
 from safetensors import SafetensorError
 
+from kbench.core.errors import KbenchError
 from kbench.core.integrity import check_dir, seal_dir
-from kbench.core.paths import atomic_dir, cache_dir
+from kbench.core.paths import atomic_dir, cache_dir, check_space, write_failed
 from kbench.engine.pretraining import HISTORY_FILE, pretrain, save_checkpoint, training_state
 from kbench.engine.trial import Trial
 from kbench.models.base import VLPreTrainedModel
@@ -50,11 +51,25 @@ def pretrained_model(trial: Trial) -> tuple[VLPreTrainedModel, list[dict[str, fl
 
                     pretrain_data_parallel(trial, tmp)
                 else:
-                    save_checkpoint(*pretrain(trial, state), tmp)
+                    _save(*pretrain(trial, state), tmp, path)
                 seal_dir(tmp)
             state.clear()
             model = trial.model_cls.from_pretrained(path)
     return model.to(trial.device).eval(), json.loads((path / HISTORY_FILE).read_text())
+
+
+def _save(model: VLPreTrainedModel, history: list[dict[str, float]], tmp: Path, path: Path) -> None:
+    """The checkpoint into ``tmp`` (to be renamed ``path``), its space checked first: a full disk is one line naming
+    the checkpoint and the space needed and free, not safetensors' or torch's serialisation error."""
+    needed = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_space(tmp.parent, needed, f"the pre-trained checkpoint {path.name}")
+    try:
+        save_checkpoint(model, history, tmp)
+    except OSError as exc:
+        raise write_failed(exc, path, "the pre-trained checkpoint") from None
+    except SafetensorError as exc:  # its I/O errors carry no errno
+        free = shutil.disk_usage(tmp.parent).free / 1e6
+        raise KbenchError(f"cannot write the pre-trained checkpoint to {path}: {exc} ({free:.1f} MB free)") from None
 
 
 def _load_cached(trial: Trial, path: Path) -> tuple[VLPreTrainedModel | None, dict]:

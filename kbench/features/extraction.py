@@ -26,7 +26,7 @@ from kbench.core.config import FeatureConfig, RuntimeConfig
 from kbench.core.device import resolve_device
 from kbench.core.errors import KbenchError
 from kbench.core.memory import peak_rss_mb, reset_peak
-from kbench.core.paths import cache_dir
+from kbench.core.paths import cache_dir, check_space
 from kbench.core.progress import stage
 from kbench.data.layout import IMAGE_KEY
 from kbench.data.splits import Split, read_rows
@@ -61,6 +61,7 @@ def load_features(split: Split, patching: Patching, cfg: FeatureConfig, device: 
         store = _begin(root, split, patching, cfg, encoder)
         missing = store.missing()
         if missing:
+            check_space(root, store.missing_bytes(), f"the {patching.name} features of {split.name}")
             log.info(
                 "extracting %s patch features of %s (%s) into %s", patching.name, split.name, split.path.name, root
             )
@@ -137,6 +138,7 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
         if not pending:
             return {}
         stores = {store.name for store, _, _ in pending}
+        _check_space({store.root: store for store, _, _ in pending}.values())
         total = sum(len(store.shard_span(shard)) for store, shard, _ in pending)
         log.info(
             "extracting %d shards (%d images) of %d feature stores, %d Ray tasks at a time",
@@ -165,6 +167,9 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
                 try:
                     peak = max(peak, ray.get(ready[0]))
                 except ray.exceptions.RayTaskError as exc:
+                    _settle(in_flight)
+                    if isinstance(exc.cause, KbenchError):  # a full disk, damaged input: its one line as it is
+                        raise KbenchError(str(exc.cause)) from None
                     raise KbenchError(f"extracting shard {shard} of {store.name} failed: {exc.cause}") from None
                 rows = len(store.shard_span(shard))
                 done_rows += rows
@@ -181,6 +186,26 @@ def extract_with_ray(jobs: Iterable[Job], cfg: FeatureConfig, runtime: RuntimeCo
                     (total - done_rows) / rate,
                 )
         return {"time/extraction_s": time.monotonic() - started, "mem/extraction_peak_mb": round(peak, 1)}
+
+
+def _check_space(stores: Iterable[ShardedStore]) -> None:
+    """Refuse, before any is written, stores whose missing shards need more space than their disk has free."""
+    stores = list(stores)
+    needed = sum(store.missing_bytes() for store in stores)
+    where = stores[0].root if len(stores) == 1 else stores[0].root.parent
+    names = ", ".join(store.name for store in stores)
+    what = "a feature store" if len(stores) == 1 else f"{len(stores)} feature stores ({names})"
+    check_space(where, needed, what)
+
+
+def _settle(in_flight: dict) -> None:
+    """Cancel the shard tasks still running after one failed and wait for them, so that each removes its temporary
+    shard before the driver gives up (the next run's writer would, but the space stays taken until then)."""
+    import ray
+
+    for ref in in_flight:
+        ray.cancel(ref)
+    ray.wait(list(in_flight), num_returns=len(in_flight), timeout=60)
 
 
 def _extract_task(

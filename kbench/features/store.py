@@ -31,7 +31,7 @@ import numpy as np
 
 from kbench.core.errors import KbenchError
 from kbench.core.integrity import check_dir, seal_dir
-from kbench.core.paths import atomic_dir, atomic_path
+from kbench.core.paths import atomic_dir, atomic_path, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,10 @@ class ShardedStore:
         """The bytes of the row arrays once complete."""
         return self.rows * sum(spec.row_bytes for spec in self.arrays.values())
 
+    def missing_bytes(self) -> int:
+        """The bytes of the row arrays of the shards not committed yet: the space writing them needs."""
+        return sum(len(self.shard_span(k)) for k in self.missing()) * sum(s.row_bytes for s in self.arrays.values())
+
     def clean(self) -> None:
         """Remove the temporary shards an interrupted writer left (call only while holding the store's lock)."""
         for stale in self.root.glob(f".{SHARD_PREFIX}*"):
@@ -178,9 +182,10 @@ class ShardedStore:
 
     @contextmanager
     def shard_writer(self, shard: int) -> Iterator[ShardWriter]:
-        """A writer for ``shard``, committed when the block ends without error and every row was written."""
+        """A writer for ``shard``, committed when the block ends without error and every row was written; a write
+        that fails (a full disk) is one ``KbenchError`` naming the shard and the space left, and nothing committed."""
         with atomic_dir(self.shard_dir(shard)) as tmp:
-            writer = ShardWriter(tmp, len(self.shard_span(shard)), self.arrays)
+            writer = ShardWriter(tmp, len(self.shard_span(shard)), self.arrays, self.shard_dir(shard))
             try:
                 yield writer
                 writer.finish()
@@ -307,20 +312,31 @@ def _pread_into(fd: int, target: memoryview, offset: int, path: Path) -> None:
 class ShardWriter:
     """Streams one shard's rows into its ``.npy`` files, batch by batch (memory O(batch))."""
 
-    def __init__(self, directory: Path, rows: int, arrays: Mapping[str, ArraySpec]) -> None:
+    def __init__(self, directory: Path, rows: int, arrays: Mapping[str, ArraySpec], final: Path | None = None) -> None:
         self.directory = directory
+        self.final = final or directory  # the shard's name once committed, which errors name
         self.rows = rows
         self.arrays = dict(arrays)
         self.written = dict.fromkeys(arrays, 0)
         self.files = {}
-        for name, spec in arrays.items():
-            path = directory / f"{name}.npy"
-            header = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(spec.dtype), shape=(rows, *spec.shape))
-            offset = header.offset
-            del header  # only the header was wanted; the rows are streamed in below
-            f = open(path, "r+b")  # noqa: SIM115 -- held until finish or close
-            f.seek(offset)
-            self.files[name] = f
+        with self._writing():
+            for name, spec in arrays.items():
+                path = directory / f"{name}.npy"
+                shape = (rows, *spec.shape)
+                header = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(spec.dtype), shape=shape)
+                offset = header.offset
+                del header  # only the header was wanted; the rows are streamed in below
+                f = open(path, "r+b")  # noqa: SIM115 -- held until finish or close
+                f.seek(offset)
+                self.files[name] = f
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A failed write (``OSError``: a full disk, a quota) as one ``KbenchError`` naming the shard."""
+        try:
+            yield
+        except OSError as exc:
+            raise write_failed(exc, self.final, "a feature store shard") from None
 
     def append(self, batch: Mapping[str, np.ndarray]) -> None:
         """Append the next rows of every array (each ``batch`` value is ``(n, *row shape)``)."""
@@ -331,22 +347,26 @@ class ShardWriter:
                 raise ValueError(f"{name}: rows of shape {values.shape[1:]}, the store's are {spec.shape}")
             if self.written[name] + len(values) > self.rows:
                 raise ValueError(f"{name}: more than the shard's {self.rows} rows")
-            self.files[name].write(values.tobytes())
+            with self._writing():
+                self.files[name].write(values.tobytes())
             self.written[name] += len(values)
 
     def save(self, name: str, values: np.ndarray) -> None:
         """A per-shard array beside the rows (e.g. statistics of the shard's batches)."""
-        np.save(self.directory / f"{name}.npy", values)
+        with self._writing():
+            np.save(self.directory / f"{name}.npy", values)
 
     def finish(self) -> None:
         short = {k: v for k, v in self.written.items() if v != self.rows}
         if short:
             raise ValueError(f"shard incomplete: rows written {short} of {self.rows}")
-        for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())
-        seal_dir(self.directory)
+        with self._writing():
+            for f in self.files.values():
+                f.flush()
+                os.fsync(f.fileno())
+            seal_dir(self.directory)
 
     def close(self) -> None:
         for f in self.files.values():
-            f.close()
+            with contextlib.suppress(OSError):  # the failed flush of a full disk was reported already
+                f.close()

@@ -23,7 +23,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from kbench.core.integrity import check_dir, seal_dir
-from kbench.core.paths import atomic_dir
+from kbench.core.paths import atomic_dir, check_space
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ class TrainState:
         else:
             generators = [rng_state()]
         if rank == 0:
+            # weights and the optimizer's moments (AdamW: two per weight): a full disk is one line, not a torch error
+            weights = sum(t.numel() * t.element_size() for t in unwrap(model).state_dict().values())
+            self.directory.parent.mkdir(parents=True, exist_ok=True)
+            check_space(self.directory.parent, 3 * weights, f"the training state {self.directory.name}")
             with atomic_dir(self.directory) as tmp:
                 save_model(unwrap(model), str(tmp / WEIGHTS_FILE))
                 state = {

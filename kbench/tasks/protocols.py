@@ -23,7 +23,7 @@ import numpy as np
 from kbench.core.config import digest
 from kbench.core.errors import KbenchError
 from kbench.core.integrity import bytes_digest, check_file, recorded_digest, seal_file
-from kbench.core.paths import atomic_path, cache_dir
+from kbench.core.paths import atomic_path, cache_dir, write_failed
 from kbench.core.registry import Registry
 from kbench.data.splits import Split
 
@@ -109,10 +109,14 @@ class RetrievalProtocol(ABC):
 
 
 def _write(path: Path, text: str) -> None:
-    """A list file, then its checksum."""
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
-    seal_file(path)
+    """A list file, then its checksum; a failed write (a full disk) is one line naming the file and the space left."""
+    try:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
+        seal_file(path)
+    except OSError as exc:
+        path.unlink(missing_ok=True)  # a list without its checksum would be refused as damaged next time
+        raise write_failed(exc, path, "candidate lists") from None
 
 
 class _Products:
