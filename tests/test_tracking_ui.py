@@ -31,7 +31,7 @@ def test_plain_paths_become_sqlite_stores(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     assert tracking_uri("./my.db") == f"sqlite:///{tmp_path / 'my.db'}"
     assert tracking_uri(str(tmp_path / "runs")) == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
-    assert tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert tracking_uri("sqlite:///x.db") == f"sqlite:///{tmp_path / 'x.db'}"  # relative: made absolute
     assert tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "stores/a.sqlite")
     assert tracking_uri() == f"sqlite:///{tmp_path / 'stores' / 'a.sqlite'}"

@@ -17,6 +17,7 @@ from conftest import write_tiny_split
 
 from kbench.commands.cli import main
 from kbench.core.config import Config, OptimConfig, resolve_config
+from kbench.core.errors import KbenchError
 from kbench.core.tracking_store import tracking_uri
 from kbench.data.layout import TEST_FILE, TRAIN_FILE, write_split
 
@@ -232,3 +233,16 @@ def test_every_numeric_field_declares_its_range() -> None:
     assert len(fields) > 40
     undeclared = [key for cls, key, f in fields if bound_of(cls, f.name) is None]
     assert undeclared == []
+
+
+def test_a_user_error_found_inside_a_trial_reaches_the_terminal_as_its_own_line() -> None:
+    """A KbenchError raised in a trial comes back from Ray wrapped in a RayTaskError; its message is the line shown,
+    without Ray's traceback or the exception's module path."""
+    from ray.exceptions import RayTaskError
+
+    from kbench.engine.launch import trial_error
+
+    traceback = "Traceback (most recent call last):\n  File 'x.py'\nkbench.core.errors.KbenchError: lists damaged"
+    wrapped = RayTaskError("train", traceback, KbenchError("lists damaged at /x.json"))
+    assert trial_error(wrapped) == trial_error(wrapped.as_instanceof_cause()) == "lists damaged at /x.json"
+    assert trial_error(RuntimeError("Traceback ...\nValueError: bad shape")) == "ValueError: bad shape"

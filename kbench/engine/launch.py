@@ -104,9 +104,7 @@ def launch(
             results = fit(tuner)
     failed = [r for r in results if r.error]
     if failed:
-        first = str(failed[0].error).strip().splitlines()
-        message = next((line for line in reversed(first) if line.strip()), "trial failed")
-        raise KbenchError(f"{len(failed)} of {len(specs)} trials failed; first: {message}")
+        raise KbenchError(f"{len(failed)} of {len(specs)} trials failed; first: {trial_error(failed[0].error)}")
     return {
         _label(r.config): {k: v for k, v in r.metrics.items() if "/" in k and k not in (STAGE, COMPLETED, TOTAL)}
         for r in results
@@ -261,6 +259,17 @@ def fitted_resources(base: Config, cluster: bool) -> Config:
 
 def _label(config: dict[str, Any]) -> str:
     return TrialSpec(**{**config["spec"], "overrides": tuple(config["spec"]["overrides"])}).label
+
+
+def trial_error(error: BaseException) -> str:
+    """The line a failed trial's error comes down to: a KbenchError's own message (a user error found inside the
+    trial), else the last line of Ray's report."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, KbenchError):
+        return str(cause)
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "trial failed"
+    return last.removeprefix(f"{KbenchError.__module__}.{KbenchError.__qualname__}: ")
 
 
 class TrialProgress(tune.Callback):
