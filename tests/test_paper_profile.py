@@ -131,7 +131,7 @@ def test_the_cpu_profiles_keep_their_recipe() -> None:
 @pytest.mark.parametrize(
     ("item", "message"),
     [
-        ("pretrain.epoch_unit=epochs", "unknown pretrain.epoch_unit 'epochs'; known: images, pairs"),
+        ("pretrain.epoch_unit=epochs", "pretrain.epoch_unit must be one of images, pairs, got 'epochs'"),
         ("pretrain.itm_negative_rate=0.3", "pretrain.itm_negative_rate=0.3 needs pretrain.epoch_unit=images"),
     ],
 )

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
+from test_plots_ui import free_port, wait_for_ok
 
 from kbench.commands.cli import main
 from kbench.engine.tracking import Tracking, TrialRun, open_experiment
-from tests.test_plots_ui import free_port, wait_for_ok
 
 # A request to a server that is gone fails at once rather than after MLflow's minutes of retries.
 FAST_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
