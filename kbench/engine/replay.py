@@ -16,10 +16,12 @@ from mlflow.tracking import MlflowClient
 
 from kbench.engine.spool import (
     PARENT,
+    PENDING,
     RUN_KEY,
     Spool,
     Spooled,
     append_line,
+    is_pending,
     parent_spool,
     retrying,
     spool_root,
@@ -27,6 +29,7 @@ from kbench.engine.spool import (
 )
 from kbench.engine.tracking import (
     Tracking,
+    ensure_experiment,
     finished_runs,
     log_metric_items,
     log_params,
@@ -34,12 +37,15 @@ from kbench.engine.tracking import (
     summarize,
 )
 
+PARENT_TAG = "mlflow.parentRunId"
 
-def replay(spool: Spool) -> str:
-    """Replay the records of ``spool`` not yet done into the store it was recorded for; the run's id."""
+
+def replay(spool: Spool, parents: Mapping[str, str] | None = None) -> str:
+    """Replay the records of ``spool`` not yet done into the store it was recorded for; the run's id. ``parents``
+    maps pending parent ids to the runs ``kbench sync`` created for them."""
     records = spool.records()
-    head = records[0]
-    client = MlflowClient(tracking_uri=head["uri"])
+    client = MlflowClient(tracking_uri=records[0]["uri"])
+    head = _resolved(client, records[0], parents or {})
     done = set(spool.done.read_text().split()) if spool.done.exists() else set()
     pending = [r for r in records[1:] if str(r["seq"]) not in done]
     run_id, before = _resolve_run(client, head)
@@ -51,6 +57,19 @@ def replay(spool: Spool) -> str:
     if pending and before != "RUNNING" and not any(r["op"] == "terminate" for r in pending):
         client.set_terminated(run_id, before)
     return run_id
+
+
+def _resolved(client: MlflowClient, head: Mapping[str, Any], parents: Mapping[str, str]) -> dict[str, Any]:
+    """``head`` with its pending experiment opened (created if need be) and its pending parent replaced by the run
+    created for it."""
+    head = dict(head)
+    if is_pending(head["experiment_id"]):
+        name = head["experiment_id"].removeprefix(PENDING)
+        head["experiment_id"] = ensure_experiment(client, head["uri"], name)
+    if "tags" in head:
+        parent = head["tags"].get(PARENT_TAG)
+        head["tags"] = head["tags"] | ({PARENT_TAG: parents[parent]} if parent in parents else {})
+    return head
 
 
 def invocation_spools(folder: Path) -> Iterator[Spool]:
@@ -66,8 +85,13 @@ def trial_count(folder: Path) -> int:
 def replay_invocation(folder: Path) -> int:
     """Replay an invocation's spools and delete them; how many runs they held."""
     spools = list(invocation_spools(folder))
+    parents = {}
+    if is_pending(folder.name):  # its parent run is created (or found by its key) first: its trials link to it
+        parent = spools[-1].records()[0]
+        client = MlflowClient(tracking_uri=parent["uri"])
+        parents[folder.name] = _resolve_run(client, _resolved(client, parent, {}))[0]
     for spool in spools:
-        replay(spool)
+        replay(spool, parents)
     shutil.rmtree(folder)
     return len(spools)
 
@@ -98,19 +122,20 @@ def conclude(
     uri: str, experiment_id: str, parent_id: str, keys: dict[str, tuple[str, str, str]], tasks: str
 ) -> dict[str, str]:
     """An invocation's end once its trials ran: the calls they spooled replayed, their finished runs found and
-    summarized on the parent run; if the store is unreachable, the summary is spooled with the parent's end and
-    ``Spooled`` raised."""
+    summarized on the parent run; if the store is unreachable (or the parent run pending), the summary is spooled
+    with the parent's end and ``Spooled`` raised."""
     tracking = Tracking(uri, experiment_id, parent_id)
     folder = spool_root() / parent_id
-    try:
-        if folder.is_dir():
-            retrying(lambda: replay_invocation(folder))
-        found = retrying(lambda: finished_runs(tracking, keys, tasks))
-        retrying(lambda: summarize(tracking, parent_id, found.values()))
-        return found
-    except Exception as exc:
-        if not unreachable(exc):
-            raise
+    if not is_pending(parent_id):  # a pending parent waits for kbench sync to create it, then its trials
+        try:
+            if folder.is_dir():
+                retrying(lambda: replay_invocation(folder))
+            found = retrying(lambda: finished_runs(tracking, keys, tasks))
+            retrying(lambda: summarize(tracking, parent_id, found.values()))
+            return found
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
     parent = parent_spool(uri, experiment_id, parent_id)
     parent.append("summarize", keys=keys, tasks=tasks)
     raise Spooled(uri, trial_count(folder), folder)

@@ -15,6 +15,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 EXIT_STATUS = 3  # the CLI's status when results are whole but spooled
 PARENT = "parent"
+PENDING = "pending-"  # the local id of an experiment or parent run the store could not create yet
 RETRY_DELAYS = (1.0, 4.0)  # seconds between our attempts, after MLflow's own retries of each request
 RUN_KEY = "kbench.run_key"  # a trial run's tag, made before the run
 _T = TypeVar("_T")
@@ -51,6 +53,11 @@ def unreachable(exc: BaseException) -> bool:
     if isinstance(exc, MlflowException):
         return exc.error_code in ("INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED")
     return isinstance(exc, OSError | OperationalError)  # requests' errors are OSErrors
+
+
+def is_pending(identifier: str | None) -> bool:
+    """Whether ``identifier`` names an experiment or a parent run that only exists in the spool so far."""
+    return bool(identifier) and identifier.startswith(PENDING)
 
 
 def retrying(call: Callable[[], _T], delays: tuple[float, ...] = RETRY_DELAYS) -> _T:
@@ -128,20 +135,29 @@ def parent_spool(uri: str, experiment_id: str, parent_id: str) -> Spool:
     return Spool.start(parent_id, PARENT, {"uri": uri, "experiment_id": experiment_id, "run_id": parent_id})
 
 
+def parent_call(
+    uri: str, experiment_id: str, parent_id: str, call: Callable[[], object], op: str, **fields: Any
+) -> None:
+    """Make the tracking ``call`` on the parent run (with retries), or record it as ``op`` in the parent's spool: once
+    the store was unreachable (or the run is pending), every later call of the parent goes there, in order."""
+    if not (spool_root() / parent_id / f"{PARENT}.jsonl").exists():
+        try:
+            retrying(call)
+            return
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+    parent_spool(uri, experiment_id, parent_id).append(op, **fields)
+
+
 def end_parent(uri: str, experiment_id: str, parent_id: str, status: str) -> None:
     """End the parent run with ``status``, in the spool if the store is unreachable (never raising for that, so
     that the error ending the invocation is the one shown)."""
     from mlflow.tracking import MlflowClient
 
-    folder = spool_root() / parent_id
-    if not (folder / f"{PARENT}.jsonl").exists():
-        try:
-            retrying(lambda: MlflowClient(tracking_uri=uri).set_terminated(parent_id, status))
-            return
-        except Exception as exc:
-            if not unreachable(exc):
-                raise
-    parent_spool(uri, experiment_id, parent_id).append("terminate", status=status, end_time=_now_ms())
+    end = _now_ms()
+    call = partial(MlflowClient(tracking_uri=uri).set_terminated, parent_id, status, end)
+    parent_call(uri, experiment_id, parent_id, call, "terminate", status=status, end_time=end)
 
 
 def append_line(path: Path, line: str) -> None:

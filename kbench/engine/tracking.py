@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -32,10 +35,24 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 import kbench
+from kbench.core import progress
 from kbench.core.errors import KbenchError
 from kbench.core.interrupts import Interrupted
+from kbench.core.paths import cache_dir
 from kbench.core.tracking_store import DEFAULT_EXPERIMENT, sqlite_path
-from kbench.engine.spool import RUN_KEY, Spool, Spooled, end_parent, record_call, retrying, unreachable
+from kbench.engine.spool import (
+    PARENT,
+    PENDING,
+    RUN_KEY,
+    Spool,
+    Spooled,
+    end_parent,
+    is_pending,
+    parent_call,
+    record_call,
+    retrying,
+    unreachable,
+)
 from kbench.engine.sqlite_store import store_lock, wait_when_busy
 
 if TYPE_CHECKING:
@@ -50,6 +67,10 @@ UI_QUERY = "workflowType=machine_learning"
 DATASET_CONTEXT = "pretrain+tasks"  # the run's one dataset input serves pre-training and every task
 LOGGED_MODEL_MAX_BYTES = 64 * 2**20  # larger checkpoints are registered by their runs:/ URI, not copied again
 _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
+HEARTBEAT = "kbench.heartbeat"  # a parent run's tag: when (epoch seconds) its invocation last said it is alive
+OWNER = "kbench.owner"  # a parent run's tag: the host and pid of its invocation
+HEARTBEAT_S = 30.0  # how often an open parent run's heartbeat is refreshed
+STALE_S = 4 * HEARTBEAT_S  # a RUNNING parent run whose heartbeat is older than this is taken for dead
 
 
 @dataclass(frozen=True)
@@ -67,16 +88,21 @@ class Tracking:
 
 def open_experiment(uri: str, name: str) -> str:
     """The id of experiment ``name``, created on first use (artifacts beside a SQLite store). A new SQLite store is
-    created and migrated under a lock, so that invocations starting together do not both migrate it."""
+    created and migrated under a lock, so that invocations starting together do not both migrate it. A store that
+    cannot be reached (after retries) gives a pending id: the invocation's runs go to the spool, and ``kbench sync``
+    opens the experiment."""
     try:
         with store_lock(uri):
-            return _open_experiment(MlflowClient(tracking_uri=uri), uri, name)
+            return retrying(lambda: ensure_experiment(MlflowClient(tracking_uri=uri), uri, name))
     except MlflowException as exc:
+        if unreachable(exc):
+            log.debug("tracking store %s unreachable: %s", uri, exc.message.splitlines()[0])
+            return f"{PENDING}{name}"
         raise KbenchError(f"cannot use tracking store {uri}: {exc.message.splitlines()[0]}") from None
 
 
-def _open_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """``open_experiment`` once the store is open."""
+def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """``open_experiment`` once the store is open (errors are MLflow's)."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         if EXPERIMENT_KIND[0] not in found.tags:  # made by an earlier kbench
@@ -111,34 +137,149 @@ def base_tags(extra: Mapping[str, Any]) -> dict[str, str]:
 @contextmanager
 def parent_run(tracking: Tracking, name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> Iterator[str]:
     """One run per CLI invocation; trials log their runs under it. Marked FAILED if the block raises; KILLED, with
-    its child runs still RUNNING, if it is interrupted (the ``Interrupted`` then counts the trials stopped)."""
+    its child runs still RUNNING, if it is interrupted (the ``Interrupted`` then counts the trials stopped). Its
+    heartbeat tells ``settle`` it is alive. A store out of reach from the start gives a pending run, kept in the spool
+    with everything logged under it until ``kbench sync`` creates it."""
+    with retries_logged(cache_dir("tune") / str(tags.get("invocation", name)) / "output.log"):
+        run_id = _create_parent(tracking, name, tags, params)
+        heartbeat = Heartbeat(tracking.uri, run_id)
+        status = RunStatus.to_string(RunStatus.FAILED)
+        try:
+            yield run_id
+            status = RunStatus.to_string(RunStatus.FINISHED)
+        except Spooled:  # the results are whole, only not in the store yet
+            status = RunStatus.to_string(RunStatus.FINISHED)
+            raise
+        except KeyboardInterrupt as exc:
+            status = RunStatus.to_string(RunStatus.KILLED)
+            stopped = _kill_children(tracking, run_id)
+            if isinstance(exc, Interrupted) and stopped is not None:
+                exc.stopped = stopped
+            raise
+        finally:  # spooled if the store is unreachable: the error that ended the block stays the one shown
+            heartbeat.stop()
+            end_parent(tracking.uri, tracking.experiment_id, run_id, status)
+
+
+def _create_parent(tracking: Tracking, name: str, tags: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+    """The parent run's id, created with its tags and params; if the store is unreachable, a pending id whose spool
+    holds them (the run's key finds it again if the store created it without its answer arriving)."""
     client = tracking.client()
-    run = client.create_run(tracking.experiment_id, run_name=name, tags=base_tags(tags))
-    log_params(client, run.info.run_id, params)
-    status = RunStatus.to_string(RunStatus.FAILED)
+    values = base_tags(tags) | {RUN_KEY: uuid.uuid4().hex} | heartbeat_tags()
+    start = _now_ms()
+    run_id = None
+    if not is_pending(tracking.experiment_id):
+        try:
+            create = partial(client.create_run, tracking.experiment_id, start, values, name)
+            run_id = retrying(create).info.run_id
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+    if run_id is None:
+        run_id = f"{PENDING}{values[RUN_KEY]}"
+        head = {"uri": tracking.uri, "experiment_id": tracking.experiment_id, "run_id": None, "name": name}
+        spool = Spool.start(run_id, PARENT, head | {"tags": values, "start_time": start})
+        log.debug("tracking store %s unreachable: the invocation's run goes on in %s", tracking.uri, spool.path)
+    strings = param_values(params)
+    call = partial(log_params, client, run_id, strings)
+    parent_call(tracking.uri, tracking.experiment_id, run_id, call, "params", params=strings)
+    return run_id
+
+
+def log_parent_metrics(tracking: Tracking, metrics: Mapping[str, float]) -> None:
+    """Log ``metrics`` on the invocation's parent run, or in its spool if the store is unreachable."""
+    items = metric_items(metrics)
+    rows = [[m.key, m.value, m.timestamp, m.step] for m in items]
+    call = partial(log_metric_items, tracking.client(), tracking.parent_run_id, items)
+    parent_call(tracking.uri, tracking.experiment_id, tracking.parent_run_id, call, "metrics", metrics=rows)
+
+
+def _kill_children(tracking: Tracking, parent_id: str) -> int | None:
+    """Mark KILLED the child runs of ``parent_id`` still RUNNING; how many of its children ended KILLED (None when
+    the store cannot tell: the spooled ones end KILLED by themselves)."""
+    if is_pending(parent_id):
+        return None
+    client = tracking.client()
     try:
-        yield run.info.run_id
-        status = RunStatus.to_string(RunStatus.FINISHED)
-    except Spooled:  # the results are whole, only not in the store yet
-        status = RunStatus.to_string(RunStatus.FINISHED)
-        raise
-    except KeyboardInterrupt as exc:
-        status = RunStatus.to_string(RunStatus.KILLED)
-        stopped = _kill_children(client, tracking.experiment_id, run.info.run_id)
-        if isinstance(exc, Interrupted):
-            exc.stopped = stopped
-        raise
-    finally:  # spooled if the store is unreachable: the error that ended the block stays the one shown
-        end_parent(tracking.uri, tracking.experiment_id, run.info.run_id, status)
-
-
-def _kill_children(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
-    """Mark KILLED the child runs of ``parent_id`` still RUNNING; how many of its children ended KILLED."""
-    children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000)
-    for run in children:
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        query = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+        children = client.search_runs([tracking.experiment_id], query, max_results=1000)
+        for run in children:
+            if run.info.status == "RUNNING":
+                client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    except Exception as exc:
+        if not unreachable(exc):
+            raise
+        return None
     return sum(run.info.status in ("RUNNING", "KILLED") for run in children)
+
+
+def heartbeat_tags() -> dict[str, str]:
+    """A parent run's liveness tags: its heartbeat, now, and its owner (host and pid)."""
+    return {HEARTBEAT: str(int(time.time())), OWNER: f"{socket.gethostname()} {os.getpid()}"}
+
+
+class Heartbeat:
+    """Refreshes a parent run's ``kbench.heartbeat`` tag every ``HEARTBEAT_S`` from a daemon thread while the run is
+    open, so that ``settle`` leaves a live invocation's run alone; a failed refresh is skipped (the next one
+    retries), a pending run has none."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.stopped = threading.Event()
+        if not is_pending(run_id):
+            beat = partial(self._beat, MlflowClient(tracking_uri=uri), run_id)
+            threading.Thread(target=beat, name="kbench-heartbeat", daemon=True).start()
+
+    def _beat(self, client: MlflowClient, run_id: str) -> None:
+        while not self.stopped.wait(HEARTBEAT_S):
+            try:
+                client.set_tag(run_id, HEARTBEAT, str(int(time.time())))
+            except Exception as exc:  # an outage, a busy store: the run's liveness only ages
+                log.debug("heartbeat of run %s not refreshed: %s", run_id, exc)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def alive(run: Any, now: float) -> bool:
+    """Whether the RUNNING parent ``run`` belongs to a live invocation: its heartbeat is fresh and, on this host, its
+    process exists. Runs without a heartbeat (older versions) count as dead, as they always did."""
+    tags = run.data.tags
+    if HEARTBEAT not in tags:
+        return False
+    host, _, pid = tags.get(OWNER, "").partition(" ")
+    if host == socket.gethostname() and pid.isdigit() and not _process_exists(int(pid)):
+        return False
+    return now - float(tags[HEARTBEAT]) < STALE_S
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
+@contextmanager
+def retries_logged(path: Path) -> Iterator[None]:
+    """While the block runs (unless ``--verbose``), urllib3's ``Retrying (Retry(...))`` warnings about an unreachable
+    store go to ``path`` (the invocation's log), not to the terminal, where kbench's own line says what happened."""
+    if progress.verbose():
+        yield
+        return
+    pool = logging.getLogger("urllib3.connectionpool")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", buffering=1) as out:
+        to_file = logging.StreamHandler(out)
+        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        saved = pool.handlers, pool.propagate
+        pool.handlers, pool.propagate = [to_file], False
+        try:
+            yield
+        finally:
+            pool.handlers, pool.propagate = saved
 
 
 class TrialRun:
@@ -159,6 +300,9 @@ class TrialRun:
         self.start_time = _now_ms()
         self.spool: Spool | None = None
         self.run_id: str | None = None
+        if is_pending(tracking.parent_run_id):  # the parent is in the spool: so are its children, linked by sync
+            self.spool = self._start_spool()
+            return
         try:
             created = retrying(lambda: self.client.create_run(self.experiment_id, self.start_time, self.tags, name))
             self.run_id = created.info.run_id
@@ -377,20 +521,27 @@ def settle(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str
     """Of the trials ``keys`` names (label -> (model, variant, config hash)), those with a FINISHED run for
     ``tasks``. Runs of those trials left RUNNING by an invocation that was killed are marked KILLED, so that once
     the rest has run there is exactly one finished result per trial; so are that invocation's parent run and any
-    other parent run left RUNNING for these trials (by its ``kbench.config_hashes`` and tasks)."""
+    other parent run left RUNNING for these trials (by its ``kbench.config_hashes`` and tasks). A parent run whose
+    heartbeat says its invocation is alive, and its trial runs, are left as they are."""
     client = tracking.client()
+    running = client.search_runs([tracking.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    now = time.time()
+    live = {run.info.run_id for run in running if alive(run, now)}
     finished: set[str] = set()
     parents: set[str] = set()
     for label, run in _trial_runs(tracking, keys, tasks):
+        parent = run.data.tags.get("mlflow.parentRunId", "")
         if run.info.status == "FINISHED":
             finished.add(label)
-        elif run.info.status == "RUNNING":
+        elif run.info.status == "RUNNING" and parent not in live:
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
-            parents.add(run.data.tags.get("mlflow.parentRunId", ""))
+            parents.add(parent)
     hashes = {config for _, _, config in keys.values()}
     killed = []
-    for run in client.search_runs([tracking.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+    for run in running:
         ours = set(run.data.tags.get("kbench.config_hashes", "").split(",")) & hashes
+        if run.info.run_id in live:
+            continue
         if run.info.run_id in parents or (ours and run.data.params.get("tasks") == tasks):
             client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
             killed.append(f"{run.info.run_name} ({run.info.run_id[:8]})")
