@@ -30,7 +30,7 @@ from kbench.core.errors import KbenchError
 from kbench.core.paths import cache_dir
 from kbench.core.progress import RunProgress
 from kbench.engine.preflight import check_cluster_resources
-from kbench.engine.tracking import Tracking, log_metrics
+from kbench.engine.tracking import Tracking, log_parent_metrics
 from kbench.engine.trial import TrialSpec
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ..
     jobs = [job for spec in specs for job in Trial(spec, base).feature_jobs(splits)]
     extraction = extract_with_ray(jobs, base.features, base.runtime)
     if extraction and tracking.parent_run_id:
-        log_metrics(tracking.client(), tracking.parent_run_id, extraction)
+        log_parent_metrics(tracking, extraction)
 
 
 def trial_cpus(base: Config) -> int:
