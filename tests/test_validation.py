@@ -173,6 +173,36 @@ def test_gpu_request_beyond_the_machine_is_refused_before_ray(
     assert f"a trial asks for {have + 1} GPU" in line and f"but this machine has {have}" in line
 
 
+def test_a_cluster_request_fits_one_node_per_reservation_and_the_cluster_in_all() -> None:
+    """Against a cluster's alive nodes (``ray.nodes()``'s resources; ``test_cluster_resources.py`` runs a real one):
+    a trial's own reservation and each pre-training worker's on one node, all of them within the cluster's totals."""
+    from kbench.core.config import load_config
+    from kbench.engine.preflight import check_cluster_resources
+
+    gpu_nodes = [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
+
+    def line(nodes: list[dict[str, float]], *overrides: str) -> str:
+        with pytest.raises(KbenchError) as caught:
+            check_cluster_resources(load_config("smoke", ["runtime.cpus_per_worker=1", *overrides]), nodes)
+        return str(caught.value)
+
+    check_cluster_resources(load_config("smoke", ["runtime.gpus_per_trial=1", "runtime.cpus_per_trial=4"]), gpu_nodes)
+    gpus = line(gpu_nodes, "runtime.gpus_per_trial=2")
+    assert gpus.startswith("a trial asks for 2 GPUs on one node (runtime.gpus_per_trial=2) but no node of the Ray ")
+    assert "cluster has more than 1 (2 nodes, 2 GPUs in all)" in gpus
+    assert "a trial asks for 5 CPUs on one node" in line(
+        gpu_nodes, "runtime.gpus_per_trial=0", "runtime.cpus_per_trial=5"
+    )
+    apart = line([{"CPU": 4.0}, {"CPU": 1.0, "GPU": 1.0}], "runtime.gpus_per_trial=1", "runtime.cpus_per_trial=3")
+    assert apart.startswith("a trial asks for 3 CPUs and 1 GPU on one node but no node of the Ray cluster (2 nodes) ")
+    # Two workers of one GPU each fit a node apiece, but with the trial's own GPU a trial needs 3 of the 2.
+    parallel = ["pretrain.workers=2", "pretrain.batch_size=8"]
+    both = line(gpu_nodes, "runtime.gpus_per_trial=1", "runtime.cpus_per_trial=1", *parallel)
+    assert both.startswith("the Ray cluster has 2 GPUs but a trial asks for 3"), both
+    worker = line(gpu_nodes, "runtime.gpus_per_trial=0", "runtime.cpus_per_worker=5", *parallel)
+    assert "each of a trial's 2 pre-training workers asks for 5 CPUs on one node (runtime.cpus_per_worker=5)" in worker
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_device_without_a_gpu_is_refused_before_ray(
     tiny_fashiongen: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch

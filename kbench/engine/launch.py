@@ -29,7 +29,7 @@ from kbench.core.config import Config
 from kbench.core.errors import KbenchError
 from kbench.core.paths import cache_dir
 from kbench.core.progress import RunProgress
-from kbench.engine.preflight import check_cluster_resources
+from kbench.engine.preflight import check_cluster_resources, trial_cpus
 from kbench.engine.tracking import Tracking, log_parent_metrics
 from kbench.engine.trial import TrialSpec
 
@@ -66,42 +66,57 @@ def ray_temp_dir() -> str:
     return os.path.join(root, f"kbray-{os.getuid()}")
 
 
-def launch(
-    specs: list[TrialSpec],
-    base: Config,
-    tasks: list[str],
-    tracking: Tracking,
-    name: str,
-    ray_address: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """Run every spec as a Ray Tune trial and return each trial's final metrics by label."""
-    with RunProgress(len(specs)) as display:
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """Ray joined for one invocation: ``base`` with the resources its trials can have, the display of its trials and
+    the invocation's name (its Tune directory)."""
+
+    base: Config
+    display: RunProgress
+    name: str
+
+
+@contextmanager
+def session(trials: int, base: Config, name: str, ray_address: str | None = None) -> Iterator[Session]:
+    """The display of ``trials`` trials and Ray (``ray_session``), entered before the invocation's parent run opens:
+    a cluster with no node that can host a trial is refused before any run exists."""
+    with RunProgress(trials) as display:
         display.status("starting Ray")
-        with ray_session(base, ray_address, run_log(name)) as base:
-            workers = base.pretrain.workers
-            display.status("extracting features")
-            prepare_features(base, specs, ("train", "test"), tracking)
-            display.status("starting the trials")
-            resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
-            trainable = tune.with_resources(
-                tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
-            )
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"spec": tune.grid_search([dataclasses.asdict(s) for s in specs])},
-                tune_config=tune.TuneConfig(
-                    trial_name_creator=lambda t: _label(t.config),
-                    max_concurrent_trials=concurrency(base) if workers > 1 else None,
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=str(cache_dir("tune")),
-                    verbose=0,
-                    callbacks=[TrialProgress(display, _label)],
-                    failure_config=tune.FailureConfig(max_failures=base.runtime.retries),
-                ),
-            )
-            results = fit(tuner)
+        with ray_session(base, ray_address, run_log(name)) as fitted:
+            yield Session(fitted, display, name)
+
+
+def launch(
+    session: Session, specs: list[TrialSpec], tasks: list[str], tracking: Tracking
+) -> dict[str, dict[str, float]]:
+    """Run every spec as a Ray Tune trial of ``session`` and return each trial's final metrics by label."""
+    base, display = session.base, session.display
+    display.status("extracting features")
+    prepare_features(base, specs, ("train", "test"), tracking)
+    display.status("starting the trials")
+    resources = {"cpu": base.runtime.cpus_per_trial, "gpu": base.runtime.gpus_per_trial}
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, base=base, tasks=tasks, tracking=tracking), resources
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"spec": tune.grid_search([dataclasses.asdict(s) for s in specs])},
+        tune_config=tune.TuneConfig(
+            trial_name_creator=lambda t: _label(t.config),
+            max_concurrent_trials=concurrency(base) if base.pretrain.workers > 1 else None,
+        ),
+        run_config=tune.RunConfig(
+            name=session.name,
+            storage_path=str(cache_dir("tune")),
+            verbose=0,
+            callbacks=[TrialProgress(display, _label)],
+            failure_config=tune.FailureConfig(max_failures=base.runtime.retries),
+        ),
+    )
+    try:
+        results = fit(tuner)
+    finally:
+        ray.shutdown()  # no trial process outlives the trials, while the parent run is settled
     failed = [r for r in results if r.error]
     if failed:
         raise KbenchError(f"{len(failed)} of {len(specs)} trials failed; first: {trial_error(failed[0].error)}")
@@ -138,13 +153,6 @@ def prepare_features(base: Config, specs: list[TrialSpec], splits: tuple[str, ..
     extraction = extract_with_ray(jobs, base.features, base.runtime)
     if extraction and tracking.parent_run_id:
         log_parent_metrics(tracking, extraction)
-
-
-def trial_cpus(base: Config) -> int:
-    """CPUs one trial needs at its peak: a data-parallel trial keeps its own (for fine-tuning) while its
-    pre-training workers hold theirs."""
-    runtime, workers = base.runtime, base.pretrain.workers
-    return runtime.cpus_per_trial + (runtime.cpus_per_worker * workers if workers > 1 else 0)
 
 
 def concurrency(base: Config) -> int:
@@ -245,10 +253,10 @@ def _write_worker_lines(out: IO[str], data: dict[str, Any]) -> None:
 
 
 def fitted_resources(base: Config, cluster: bool) -> Config:
-    """``base``, or a copy asking for no GPUs when it asks for some and this machine has none; a cluster that
-    cannot give a trial what it asks for is an error (the driver checked a local Ray's before it started)."""
+    """``base``, or a copy asking for no GPUs when it asks for some and this machine has none; a cluster none of
+    whose nodes can give a trial what it asks for is an error (the driver checked a local Ray's before it started)."""
     if cluster:
-        check_cluster_resources(base, ray.cluster_resources(), trial_cpus(base))
+        check_cluster_resources(base, [node["Resources"] for node in ray.nodes() if node["Alive"]])
     if base.runtime.gpus_per_trial <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
         return base
     log.warning(

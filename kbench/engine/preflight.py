@@ -82,25 +82,70 @@ def check_local_resources(cfg: Config, gpus: int) -> None:
         )
 
 
-def check_cluster_resources(cfg: Config, resources: Mapping[str, float], cpus: int) -> None:
-    """What a trial asks of a Ray cluster (``cpus`` CPUs and its GPUs), against the cluster's ``resources``."""
-    asked, have_gpus, have_cpus = trial_gpus(cfg), resources.get("GPU", 0), resources.get("CPU", 0)
-    if asked > have_gpus:
+def check_cluster_resources(cfg: Config, nodes: Sequence[Mapping[str, float]]) -> None:
+    """What a trial asks of a Ray cluster, against the resources of each of its alive ``nodes``: a trial's own
+    reservation and each pre-training worker's must fit on one node (the cluster's totals can hold a trial that no
+    node can, and Ray would wait for that node forever), and all of them together in the cluster."""
+    runtime, workers = cfg.runtime, cfg.pretrain.workers
+    trial = {"CPU": float(runtime.cpus_per_trial), "GPU": runtime.gpus_per_trial}
+    _check_node_fit(nodes, "a trial", trial, {k: f"runtime.{k.lower()}s_per_trial" for k in trial})
+    if workers > 1:
+        worker = {"CPU": float(runtime.cpus_per_worker), "GPU": 1.0 if runtime.gpus_per_trial > 0 else 0.0}
+        settings = {"CPU": "runtime.cpus_per_worker", "GPU": "runtime.gpus_per_trial"}
+        _check_node_fit(nodes, f"each of a trial's {workers} pre-training workers", worker, settings)
+    asked_gpus, asked_cpus = trial_gpus(cfg), trial_cpus(cfg)
+    have_gpus, have_cpus = (sum(node.get(kind, 0) for node in nodes) for kind in ("GPU", "CPU"))
+    if asked_gpus > have_gpus:
         raise KbenchError(
-            f"the Ray cluster has {have_gpus:g} GPUs but a trial asks for {asked:g} ({gpu_request(cfg)}); "
+            f"the Ray cluster has {have_gpus:g} GPUs but a trial asks for {asked_gpus:g} ({gpu_request(cfg)}); "
             "add GPU nodes or run with --gpus-per-trial 0"
         )
-    if cpus > have_cpus:
+    if asked_cpus > have_cpus:
         raise KbenchError(
-            f"the Ray cluster has {have_cpus:g} CPUs but a trial asks for {cpus} (runtime.cpus_per_trial, and "
+            f"the Ray cluster has {have_cpus:g} CPUs but a trial asks for {asked_cpus} (runtime.cpus_per_trial, and "
             "runtime.cpus_per_worker for each pre-training worker); lower --cpus-per-trial"
         )
+
+
+def _check_node_fit(
+    nodes: Sequence[Mapping[str, float]], who: str, asked: Mapping[str, float], settings: Mapping[str, str]
+) -> None:
+    """One line when no node has all the resources ``who`` reserves (``asked``, by kind): the most one node has,
+    and the setting (``settings``, by kind) to lower."""
+    if any(all(node.get(kind, 0) >= n for kind, n in asked.items()) for node in nodes):
+        return
+    cluster = f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}"
+    for kind, n in asked.items():
+        most = max((node.get(kind, 0) for node in nodes), default=0)
+        if n > most:
+            total = sum(node.get(kind, 0) for node in nodes)
+            raise KbenchError(
+                f"{who} asks for {_count(n, kind)} on one node ({settings[kind]}={n:g}) but no node of the Ray "
+                f"cluster has more than {most:g} ({cluster}, {_count(total, kind)} in all); lower it or add a larger "
+                "node"
+            )
+    wanted = " and ".join(_count(n, kind) for kind, n in asked.items())
+    raise KbenchError(
+        f"{who} asks for {wanted} on one node but no node of the Ray cluster ({cluster}) has them all; lower "
+        f"{' or '.join(settings.values())} or add a larger node"
+    )
+
+
+def _count(n: float, kind: str) -> str:
+    return f"{n:g} {kind}{'' if n == 1 else 's'}"
 
 
 def trial_gpus(cfg: Config) -> float:
     """GPUs one trial holds at its peak: its own, and one for each data-parallel pre-training worker."""
     runtime, workers = cfg.runtime, cfg.pretrain.workers
     return runtime.gpus_per_trial + (workers if workers > 1 and runtime.gpus_per_trial > 0 else 0)
+
+
+def trial_cpus(cfg: Config) -> int:
+    """CPUs one trial needs at its peak: a data-parallel trial keeps its own (for fine-tuning) while its
+    pre-training workers hold theirs."""
+    runtime, workers = cfg.runtime, cfg.pretrain.workers
+    return runtime.cpus_per_trial + (runtime.cpus_per_worker * workers if workers > 1 else 0)
 
 
 def gpu_request(cfg: Config) -> str:

@@ -136,7 +136,7 @@ def execute(
 ) -> tuple[str | None, dict[str, str]]:
     """Launch ``specs`` under one MLflow parent run (with ``resume``, only those without a finished result); return
     the parent run's id (None when nothing ran) and the finished run of every spec, by label."""
-    from kbench.engine.launch import launch
+    from kbench.engine.launch import launch, session
 
     if not specs:
         raise KbenchError("nothing to run: no seeds")
@@ -160,8 +160,10 @@ def execute(
         tags = {"command": command, "profile": cfg.profile, "dataset": cfg.data.dataset, "invocation": name}
         tags["config_hashes"] = ",".join(sorted({keys[s.label][2] for s in todo}))  # what --resume settles it by
         params = {"trials": ",".join(s.label for s in todo), "tasks": ",".join(tasks)}
-        with parent_run(tracking, invocation_name(command, specs, tasks, cfg.profile), tags, params) as parent_id:
-            launch(todo, cfg, tasks, Tracking(uri, experiment_id, parent_id), name, ray_address)
+        title = invocation_name(command, specs, tasks, cfg.profile)
+        # Ray first: a cluster that cannot host a trial is refused before the parent run exists.
+        with session(len(todo), cfg, name, ray_address) as ray, parent_run(tracking, title, tags, params) as parent_id:
+            launch(ray, todo, tasks, Tracking(uri, experiment_id, parent_id))
             # The calls trials spooled replayed, then the summary (with --resume, of the trials finished before too).
             found = conclude(uri, experiment_id, parent_id, keys, ",".join(tasks))
         return parent_id, found
