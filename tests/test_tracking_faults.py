@@ -238,3 +238,96 @@ def wait_for_trial_run(database: Path, run: subprocess.Popen, timeout: float = 6
                 return found[0][0]
         time.sleep(0.2)
     raise AssertionError(f"no trial run appeared; kbench exited {run.poll()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replay", ["sync", "resume"])
+def test_a_store_down_from_the_start_spools_the_whole_invocation_and_replays_it_once(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, replay: str
+) -> None:
+    """The server is down before kbench starts: the trial runs anyway, the parent run (its params, the feature
+    extraction's metrics, the summary, its end) and the trial's run go to the spool, exit 3 with kbench's one line and
+    none of urllib3's retry warnings. Once the server is back, ``kbench sync`` or the same
+    command with ``--resume`` (which then runs nothing again) creates the parent and its trial under it, once."""
+    home = tmp_path / "home"  # a cache of its own, so that this run extracts the features (and logs that it did)
+    monkeypatch.setenv("KBENCH_HOME", str(home))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # urllib3 retries, and warns that it does
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    argv = [sys.executable, "-m", "kbench", "run", "--model", "fashionbert", "--task", "cr", "--profile", "smoke"]
+    argv += ["--limit", "20", "--cpus-per-trial", "1", "--tracking-uri", server.url]
+    server.kill()
+    first = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert first.returncode == 3, first.stderr
+    (folder,) = (home / "spool").iterdir()
+    assert first.stderr.strip().splitlines()[-1] == (
+        f"{SPOOLED_LINE.format(url=server.url, path=folder)} (or --resume) when it is back"
+    ), first.stderr
+    assert "Traceback" not in first.stderr + first.stdout and "Retrying" not in first.stderr, first.stderr
+
+    server.start()
+    if replay == "sync":
+        assert main(["sync"]) == 0
+        assert "replayed 2 spooled runs of 1 invocation(s)" in capsys.readouterr().out
+    else:
+        resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=900)
+        assert resumed.returncode == 0, resumed.stderr
+        assert "replayed 2 spooled runs of 1 invocation(s)" in resumed.stderr, resumed.stderr
+        assert "1 of 1 trials already finished" in resumed.stderr, resumed.stderr
+        assert "starting Ray" not in resumed.stderr  # nothing ran again
+    assert not folder.exists()
+    client = MlflowClient(tracking_uri=server.url)
+    experiment_id = client.get_experiment_by_name("kbench").experiment_id
+    runs = client.search_runs([experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    (trial,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert parent.data.params == {"trials": "fashionbert/seed0", "tasks": "cr"}
+    assert {"time/extraction_s", "mem/extraction_peak_mb"} <= set(parent.data.metrics)
+    assert parent.data.metrics["cr/acc"] == trial.data.metrics["cr/acc"]  # the summary, over the replayed trial
+    state = store_state(client, experiment_id)
+    assert main(["sync"]) == 0 and "nothing to sync" in capsys.readouterr().out
+    assert store_state(client, experiment_id) == state
+
+
+@pytest.mark.slow
+def test_a_tune_whose_server_dies_mid_search_ends_spooled_and_syncs_once(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The server is killed while the sample runs: the search still writes its recipe, the sample's logging and the
+    parent run's best recipe go to the spool, exit 3 with one line (urllib3's retry warnings go to the run's log);
+    ``kbench sync`` puts them in the store once."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # urllib3 retries, and warns that it does
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    argv = [sys.executable, "-m", "kbench", "tune", "--model", "fashionbert", "--task", "cr", "--profile", "smoke"]
+    argv += ["--samples", "1", "--limit", "20", "--cpus-per-trial", "1", "--tracking-uri", server.url]
+    argv += ["--out", str(tmp_path / "recipe.yaml")]
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        parent_id = wait_for_trial_run(tmp_path / "mlflow.db", run)
+        server.kill()
+        out, err = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 3, err
+    folder = Path(os.environ["KBENCH_HOME"]) / "spool" / parent_id
+    assert err.strip().splitlines()[-1] == (
+        f"{SPOOLED_LINE.format(url=server.url, path=folder)} (or --resume) when it is back"
+    ), err
+    assert "Traceback" not in err + out and "Retrying" not in err and (tmp_path / "recipe.yaml").exists()
+
+    server.start()
+    client = MlflowClient(tracking_uri=server.url)
+    run_log = Path(os.environ["KBENCH_HOME"]) / "tune" / client.get_run(parent_id).info.run_name / "output.log"
+    assert "Retrying (Retry(" in run_log.read_text()
+    assert main(["sync"]) == 0
+    assert "replayed 2 spooled runs of 1 invocation(s)" in capsys.readouterr().out
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and "best/dev_acc" in parent.data.metrics
+    assert {"best.lr", "best.epochs"} <= set(parent.data.params)
+    assert [a.path for a in client.list_artifacts(parent_id)] == ["recipe.yaml"]
+    (sample,) = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert sample.info.status == "FINISHED" and "dev/acc" in sample.data.metrics
+    state = store_state(client, parent.info.experiment_id)
+    assert main(["sync"]) == 0 and "nothing to sync" in capsys.readouterr().out
+    assert store_state(client, parent.info.experiment_id) == state

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from test_plots_ui import free_port
 
 import kbench.engine.tracking as tracking_module
+from kbench.core.errors import KbenchError
 from kbench.engine.tracking import Tracking, TrialRun, open_experiment, parent_run, settle
 
 HEARTBEAT, OWNER = "kbench.heartbeat", "kbench.owner"  # a parent run's lease: when it last beat, and whose it is
@@ -58,3 +60,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10) -> bool:
             return False
         time.sleep(0.1)
     return True
+
+
+def test_resume_without_its_store_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no server at the tracking URI the invocation's experiment is pending, and ``settle`` cannot tell the
+    finished trials: a user error, not MLflow's traceback."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"
+    tracking = Tracking(uri, open_experiment(uri, "lease"))
+    with pytest.raises(KbenchError, match=f"^--resume needs the tracking store {uri} to tell finished trials"):
+        settle(tracking, KEYS, "cr")

@@ -141,6 +141,22 @@ def conclude(
     raise Spooled(uri, trial_count(folder), folder)
 
 
+def flush(uri: str, parent_id: str) -> None:
+    """Replay on the spot what an invocation (the parent run ``parent_id``) spooled, once its trials are done;
+    ``Spooled`` if the store is still unreachable or the parent run pending."""
+    folder = spool_root() / parent_id
+    if not folder.is_dir():
+        return
+    if not is_pending(parent_id):
+        try:
+            retrying(lambda: replay_invocation(folder))
+            return
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+    raise Spooled(uri, trial_count(folder), folder)
+
+
 def _resolve_run(client: MlflowClient, head: Mapping[str, Any]) -> tuple[str, str]:
     """The run a spool logs to, and its status: the one it names, else the one with its key (created now if none
     is: the store may have created it without its answer reaching the trial)."""

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -92,7 +92,7 @@ def open_experiment(uri: str, name: str) -> str:
     cannot be reached (after retries) gives a pending id: the invocation's runs go to the spool, and ``kbench sync``
     opens the experiment."""
     try:
-        with store_lock(uri):
+        with store_lock(uri), retries_logged(None):
             return retrying(lambda: ensure_experiment(MlflowClient(tracking_uri=uri), uri, name))
     except MlflowException as exc:
         if unreachable(exc):
@@ -263,19 +263,22 @@ def _process_exists(pid: int) -> bool:
 
 
 @contextmanager
-def retries_logged(path: Path) -> Iterator[None]:
+def retries_logged(path: Path | None) -> Iterator[None]:
     """While the block runs (unless ``--verbose``), urllib3's ``Retrying (Retry(...))`` warnings about an unreachable
-    store go to ``path`` (the invocation's log), not to the terminal, where kbench's own line says what happened."""
+    store go to ``path`` (the invocation's log; nowhere if None), not to the terminal, where kbench's own line says
+    what happened."""
     if progress.verbose():
         yield
         return
     pool = logging.getLogger("urllib3.connectionpool")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", buffering=1) as out:
-        to_file = logging.StreamHandler(out)
-        to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    with ExitStack() as stack:
+        handler: logging.Handler = logging.NullHandler()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.StreamHandler(stack.enter_context(path.open("a", buffering=1)))
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         saved = pool.handlers, pool.propagate
-        pool.handlers, pool.propagate = [to_file], False
+        pool.handlers, pool.propagate = [handler], False
         try:
             yield
         finally:
@@ -524,7 +527,16 @@ def settle(tracking: Tracking, keys: dict[str, tuple[str, str, str]], tasks: str
     other parent run left RUNNING for these trials (by its ``kbench.config_hashes`` and tasks). A parent run whose
     heartbeat says its invocation is alive, and its trial runs, are left as they are."""
     client = tracking.client()
-    running = client.search_runs([tracking.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    query = partial(client.search_runs, [tracking.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+    running = None
+    if not is_pending(tracking.experiment_id):
+        try:
+            running = retrying(query)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+    if running is None:
+        raise KbenchError(f"--resume needs the tracking store {tracking.uri} to tell finished trials: unreachable")
     now = time.time()
     live = {run.info.run_id for run in running if alive(run, now)}
     finished: set[str] = set()

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,15 @@ from kbench.core.errors import KbenchError
 from kbench.core.paths import atomic_path, cache_dir
 from kbench.core.progress import RunProgress
 from kbench.engine.launch import TrialProgress, configure_worker, fit, prepare_features, ray_session, run_log
+from kbench.engine.replay import flush
+from kbench.engine.spool import parent_call, retrying, unreachable
 from kbench.engine.tracking import (
     Tracking,
     TrialRun,
-    log_metrics,
     log_params,
+    log_parent_metrics,
     open_experiment,
+    param_values,
     parent_run,
 )
 from kbench.engine.trial import TrialSpec, seed_everything
@@ -150,7 +154,7 @@ def tune_recipe(
     with parent_run(tracking, name, tags, params) as parent_id:
         child = dataclasses.replace(tracking, parent_run_id=parent_id)
         results = search(cfg, spec, task_name, metric, space, samples, child, name, ray_address)
-        rows = settle_samples(tracking, results, metric)
+        rows = settle_samples(child, results, metric)
         finished = [r for r in rows if r["status"] != "FAILED"]
         if not finished:
             raise KbenchError(f"all {len(rows)} samples failed; see the MLflow runs under {name}")
@@ -165,10 +169,8 @@ def tune_recipe(
         )
         with atomic_path(out) as path:
             path.write_text(header + yaml.safe_dump({"tasks": {task_name: {"finetune": settings}}}, sort_keys=False))
-        client = tracking.client()
-        log_params(client, parent_id, {f"best.{k}": v for k, v in settings.items()})
-        log_metrics(client, parent_id, {f"best/dev_{metric}": best[f"dev {metric}"]})
-        client.log_artifact(parent_id, str(out))
+        record_best(child, settings, {f"best/dev_{metric}": best[f"dev {metric}"]}, out)
+        flush(uri, parent_id)  # what was spooled goes in the store now, or the invocation ends Spooled
     rows.sort(key=lambda r: (r["status"] != "FINISHED", -(r[f"dev {metric}"] or -math.inf)))
     table = tabulate(rows, headers="keys", tablefmt="github", floatfmt=".4g", missingval="–")
     return Tuned(f"{table}\n\nbest: {describe(settings)}\nwrote {out}; use: {usage}", parent_id)
@@ -218,7 +220,7 @@ def search(
 
 def settle_samples(tracking: Tracking, results: tune.ResultGrid, metric: str) -> list[dict[str, Any]]:
     """One row per sample (FINISHED: all its epochs ran; STOPPED: ASHA stopped it; FAILED). A run left RUNNING by
-    a sample whose process died is marked FAILED."""
+    a sample whose process died is marked FAILED (when the store can be reached: else it is left as it is)."""
     client = tracking.client()
     rows = []
     for result in results:
@@ -226,11 +228,28 @@ def settle_samples(tracking: Tracking, results: tune.ResultGrid, metric: str) ->
         epoch = int(result.metrics.get(EPOCH, 0) or 0)
         run_id = result.metrics.get(RUN_ID)
         status = "FAILED" if result.error else ("FINISHED" if epoch >= settings["epochs"] else "STOPPED")
-        if run_id and client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        if run_id:
+            try:
+                if retrying(partial(client.get_run, run_id)).info.status == "RUNNING":
+                    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                log.debug("tracking store %s unreachable: run %s of a sample not checked", tracking.uri, run_id)
         value = result.metrics.get(metric)
         rows.append({**settings, "stopped at": epoch, "status": status, f"dev {metric}": value})
     return rows
+
+
+def record_best(tracking: Tracking, settings: dict[str, Any], metrics: dict[str, float], out: Path) -> None:
+    """The best recipe on the invocation's run (``tracking``'s parent): its settings as params, its score, the
+    config file; in the parent's spool if the store is unreachable."""
+    client, parent_id = tracking.client(), tracking.parent_run_id
+    params = param_values({f"best.{k}": v for k, v in settings.items()})
+    where = (tracking.uri, tracking.experiment_id, parent_id)
+    parent_call(*where, partial(log_params, client, parent_id, params), "params", params=params)
+    log_parent_metrics(tracking, metrics)
+    parent_call(*where, partial(client.log_artifact, parent_id, str(out)), "artifacts", files=out, directory=None)
 
 
 def _space_text(space: dict[str, Any]) -> str:
