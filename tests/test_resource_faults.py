@@ -162,6 +162,84 @@ def test_a_feature_store_shard_filling_the_disk_is_one_error_and_commits_nothing
     assert store.missing() == [0, 1] and store.missing_bytes() == 8 * 512 * 256 * 4
 
 
+def test_a_training_state_the_disk_cannot_hold_is_one_error_and_leaves_nothing(tmpfs: Callable[..., Path]) -> None:
+    """The state's space check passes (3x the weights free) but its files need a little more: one error naming the
+    state and the space left (torch's zip writer said ``unexpected pos``), no partial state left."""
+    from kbench.core.errors import KbenchError
+    from kbench.models.train_state import TrainState
+
+    model = torch.nn.Linear(512, 512)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(2, 512)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    disk = tmpfs("disk", str(_pages(3 * sum(t.numel() * t.element_size() for t in model.state_dict().values()))))
+    state = TrainState(disk / "checkpoints" / "linear-resume", every=1)
+    with pytest.raises(KbenchError) as caught:
+        state.save(model, optimizer, scheduler, {"done": 1})
+    message = str(caught.value)
+    assert message.startswith(f"cannot write the training state to {state.directory}: No space left on device ("), (
+        message
+    )
+    assert message.endswith(" MB free)")
+    assert list((disk / "checkpoints").iterdir()) == []
+
+
+def test_checksums_on_a_full_disk_are_one_error_and_leave_nothing(tmpfs: Callable[..., Path]) -> None:
+    """An entry's manifest, written last, meets a full disk: one error naming it and the space left."""
+    from kbench.core.errors import KbenchError
+    from kbench.core.integrity import MANIFEST, seal_dir
+
+    disk = tmpfs("disk", "64k")
+    (disk / "entry").mkdir()
+    (disk / "entry" / "data.bin").write_bytes(b"x" * 1000)
+    with pytest.raises(OSError), (disk / "filler").open("wb") as filler:
+        while True:
+            filler.write(b"\0" * 4096)
+            filler.flush()
+    with pytest.raises(KbenchError) as caught:
+        seal_dir(disk / "entry")
+    assert str(caught.value) == (
+        f"cannot write the checksums to {disk / 'entry' / MANIFEST}: No space left on device (0.0 MB free)"
+    )
+    assert [p.name for p in (disk / "entry").iterdir()] == ["data.bin"]
+
+
+def _pages(n: int) -> int:
+    """``n`` bytes rounded up to whole 4 KiB pages (what a tmpfs of that size holds)."""
+    return -(-n // 4096) * 4096
+
+
+@pytest.mark.slow
+def test_a_disk_filling_up_during_a_trial_is_one_line_and_leaves_no_partial_state(
+    tmpfs: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Features extracted on a roomy disk, the checkpoints on one that holds 3x the model's weights: the first
+    training state passes its space check and its write fails. One line naming the state and the space left, exit
+    2, no partial state or checkpoint, the parent and trial runs FAILED (it was torch's ``unexpected pos``)."""
+    import sqlite3
+
+    from kbench.core.config import load_config
+    from kbench.engine.trial import Trial, TrialSpec
+    from kbench.models.zoo import build_model
+
+    trial = Trial(TrialSpec("clip", 0), load_config("smoke"))
+    model = build_model("clip", trial.cfg.model.init_from, **trial.model_kwargs())
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    home = tmp_path / "home"
+    home.mkdir()
+    checkpoints = tmpfs("home/checkpoints", str(_pages(3 * weights)))
+    db = tmp_path / "mlflow.db"
+    argv = [*RUN, "--set", "pretrain.save_every=1", "--set", "runtime.retries=0", "--tracking-uri", f"sqlite:///{db}"]
+    line = one_error_line(kbench(*argv, env={"KBENCH_HOME": str(home)}), "cannot write the training state to")
+    assert f"{checkpoints}/clip-" in line and ": No space left on device (" in line and line.endswith(" MB free)")
+    assert len([p for p in (home / "features").rglob("shard-*") if p.is_dir()]) == 2
+    assert [p.name for p in checkpoints.iterdir() if not p.name.endswith(".lock")] == []
+    with sqlite3.connect(db) as conn:
+        statuses = [status for (status,) in conn.execute("SELECT status FROM runs")]
+    assert statuses == ["FAILED", "FAILED"]
+
+
 @pytest.mark.slow
 def test_a_run_whose_feature_stores_do_not_fit_is_refused_before_extraction(
     tmpfs: Callable[..., Path], tmp_path: Path

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kbench.core.paths import atomic_path
+from kbench.core.paths import atomic_path, write_failed
 
 MANIFEST = "checksums.json"
 VERIFIED = ".verified.json"
@@ -52,8 +52,11 @@ def seal_dir(directory: Path) -> None:
     """Record the size and digest of every file of ``directory`` in its manifest: call it last, after the data."""
     directory = Path(directory)
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)} for p in _entry_files(directory)}
-    with atomic_path(directory / MANIFEST) as tmp:
-        tmp.write_text(json.dumps({"files": files}, indent=1))
+    try:
+        with atomic_path(directory / MANIFEST) as tmp:
+            tmp.write_text(json.dumps({"files": files}, indent=1))
+    except OSError as exc:  # a full disk: one line, and the caller's temporary entry is never committed
+        raise write_failed(exc, directory / MANIFEST, "the checksums") from None
     _remember(directory, files)
 
 

@@ -11,7 +11,9 @@ does, bit for bit.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from kbench.core.integrity import check_dir, seal_dir
-from kbench.core.paths import atomic_dir, check_space
+from kbench.core.paths import atomic_dir, check_space, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +60,22 @@ class TrainState:
             self.directory.parent.mkdir(parents=True, exist_ok=True)
             check_space(self.directory.parent, 3 * weights, f"the training state {self.directory.name}")
             with atomic_dir(self.directory) as tmp:
-                save_model(unwrap(model), str(tmp / WEIGHTS_FILE))
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generators": generators,
-                    "progress": progress,
-                }
-                torch.save(state, tmp / STATE_FILE)
-                seal_dir(tmp)
+                try:
+                    save_model(unwrap(model), str(tmp / WEIGHTS_FILE))
+                    state = {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "generators": generators,
+                        "progress": progress,
+                    }
+                    with open(tmp / STATE_FILE, "wb") as f:  # a file object: torch's error keeps the OSError
+                        torch.save(state, f)
+                    seal_dir(tmp)
+                except (OSError, RuntimeError, SafetensorError) as exc:  # the space left is told before cleaning up
+                    cause = os_error(exc)
+                    if cause is None:
+                        raise
+                    raise write_failed(cause, self.directory, "the training state") from None
         if world > 1:
             dist.barrier()
 
@@ -89,6 +99,17 @@ class TrainState:
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def os_error(exc: BaseException) -> OSError | None:
+    """The operating system's error behind a failed write: the exception itself, the one torch's zip writer ran
+    into (it reports a full disk as ``unexpected pos``), or the errno in safetensors' message; else None."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc.__context__, OSError):
+        return exc.__context__
+    found = re.search(r"\(os error (\d+)\)", str(exc)) if isinstance(exc, SafetensorError) else None
+    return OSError(int(found[1]), os.strerror(int(found[1]))) if found else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
