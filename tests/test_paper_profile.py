@@ -1,6 +1,6 @@
 """The ``paper`` profile: the released code's recipe, each choice one --set from its alternative, and its code path
-on a CPU (ResNet-50 features, BERT-base, the paper's lengths and heads, over the first 64 products of SynthFashion,
-``--limit 64``, with the random initial weights spelled out)."""
+on a CPU (ResNet-50 features, BERT-base, the paper's lengths and heads, over the first 16 products of SynthFashion,
+``--limit 16``, with the random initial weights spelled out)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from kbench.tasks.retrieval import RetrievalOptions
 
 # Random initial weights must be asked for by name: the profile names a ResNet-50 file and bert-base-uncased.
 INITIAL = ["--set", "features.weights=random", "--set", "model.init_from=none"]
-# What only shortens the run, leaving every shape of the paper's configuration as it is: a SynthFashion of 64
+# What only shortens the run, leaving every shape of the paper's configuration as it is: a SynthFashion of 16
 # products a split with one image each, smaller crops for the CPU-bound ResNet-50, a few steps and queries a stage.
 SHORT = [
-    "data.synth.products_train=64",
-    "data.synth.products_test=64",
+    "data.synth.products_train=16",
+    "data.synth.products_test=16",
     "data.synth.max_poses=1",
     "features.crop_size=32",
     "models.kaleido.aag.crop_size=64",
@@ -41,16 +41,16 @@ SHORT = [
 
 
 @pytest.mark.slow
-def test_paper_profile_runs_end_to_end_on_a_cpu_with_limit_64(
+def test_paper_profile_runs_end_to_end_on_a_cpu_with_limit_16(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    argv = ["run", "--model", "kaleido", "--task", "all", "--profile", "paper", "--dataset", "synth", "--limit", "64"]
+    argv = ["run", "--model", "kaleido", "--task", "all", "--profile", "paper", "--dataset", "synth", "--limit", "16"]
     argv += [*INITIAL, *(a for item in SHORT for a in ("--set", item)), "--tracking-uri", uri]
     assert main(argv) == 0
     assert "features.weights=random" in caplog.text and "model.init_from=none" in caplog.text
     client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("kbench").experiment_id], "tags.`kbench.limit` = '64'")
+    (run,) = client.search_runs([client.get_experiment_by_name("kbench").experiment_id], "tags.`kbench.limit` = '16'")
     params, metrics = run.data.params, run.data.metrics
     assert run.info.status == "FINISHED" and run.data.tags["kbench.profile"] == "paper"
     assert (params["model.hidden_size"], params["model.num_hidden_layers"], params["data.max_text_len"]) == (
