@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -265,24 +265,24 @@ def _process_exists(pid: int) -> bool:
 @contextmanager
 def retries_logged(path: Path | None) -> Iterator[None]:
     """While the block runs (unless ``--verbose``), urllib3's ``Retrying (Retry(...))`` warnings about an unreachable
-    store go to ``path`` (the invocation's log; nowhere if None), not to the terminal, where kbench's own line says
-    what happened."""
+    store go to ``path`` (the invocation's log, opened on the first; nowhere if None), not to the terminal, where
+    kbench's own line says what happened."""
     if progress.verbose():
         yield
         return
     pool = logging.getLogger("urllib3.connectionpool")
-    with ExitStack() as stack:
-        handler: logging.Handler = logging.NullHandler()
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.StreamHandler(stack.enter_context(path.open("a", buffering=1)))
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        saved = pool.handlers, pool.propagate
-        pool.handlers, pool.propagate = [handler], False
-        try:
-            yield
-        finally:
-            pool.handlers, pool.propagate = saved
+    handler: logging.Handler = logging.NullHandler()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = pool.handlers, pool.propagate
+    pool.handlers, pool.propagate = [handler], False
+    try:
+        yield
+    finally:
+        pool.handlers, pool.propagate = saved
+        handler.close()
 
 
 class TrialRun:
