@@ -216,7 +216,8 @@ def test_a_disk_filling_up_during_a_trial_is_one_line_and_leaves_no_partial_stat
 ) -> None:
     """Features extracted on a roomy disk, the checkpoints on one that holds 3x the model's weights: the first
     training state passes its space check and its write fails. One line naming the state and the space left, exit
-    2, no partial state or checkpoint, the parent and trial runs FAILED (it was torch's ``unexpected pos``)."""
+    2, no partial state or checkpoint, the parent and trial runs FAILED (it was torch's ``unexpected pos``); a user
+    error is not retried (``runtime.retries`` is 1), so there is one trial run, not a second pre-training."""
     import sqlite3
 
     from kbench.core.config import load_config
@@ -230,7 +231,7 @@ def test_a_disk_filling_up_during_a_trial_is_one_line_and_leaves_no_partial_stat
     home.mkdir()
     checkpoints = tmpfs("home/checkpoints", str(_pages(3 * weights)))
     db = tmp_path / "mlflow.db"
-    argv = [*RUN, "--set", "pretrain.save_every=1", "--set", "runtime.retries=0", "--tracking-uri", f"sqlite:///{db}"]
+    argv = [*RUN, "--set", "pretrain.save_every=1", "--tracking-uri", f"sqlite:///{db}"]
     line = one_error_line(kbench(*argv, env={"KBENCH_HOME": str(home)}), "cannot write the training state to")
     assert f"{checkpoints}/clip-" in line and ": No space left on device (" in line and line.endswith(" MB free)")
     assert len([p for p in (home / "features").rglob("shard-*") if p.is_dir()]) == 2

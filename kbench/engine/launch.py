@@ -39,6 +39,7 @@ _RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's nodes take 
 
 # Progress reports; not "done", which Tune reads as "the trial has finished".
 STAGE, COMPLETED, TOTAL = "progress/stage", "progress/completed", "progress/total"
+USER_ERROR = "trial/user_error"  # a trial's KbenchError, reported rather than raised: retrying cannot mend it
 
 
 def configure_worker() -> None:
@@ -51,12 +52,18 @@ def configure_worker() -> None:
 
 
 def _trainable(config: dict[str, Any], base: Config, tasks: list[str], tracking: Tracking) -> None:
-    """The Tune trainable: runs one trial and reports its progress and final metrics to the driver."""
+    """The Tune trainable: runs one trial and reports its progress and final metrics to the driver. A user error (a
+    full disk, a bad path) is reported as ``USER_ERROR``, so that Tune does not run the trial again for nothing;
+    crashes and lost nodes raise, and are retried ``runtime.retries`` times."""
     from kbench.engine.pipeline import run_trial
 
     configure_worker()
     progress.set_sink(lambda stage, done, total: tune.report({STAGE: stage, COMPLETED: done, TOTAL: total}))
-    metrics = run_trial(TrialSpec(**config["spec"]), base, tasks, tracking)
+    try:
+        metrics = run_trial(TrialSpec(**config["spec"]), base, tasks, tracking)
+    except KbenchError as exc:
+        tune.report({USER_ERROR: str(exc)})
+        return
     tune.report(metrics)
 
 
@@ -117,9 +124,10 @@ def launch(
         results = fit(tuner)
     finally:
         ray.shutdown()  # no trial process outlives the trials, while the parent run is settled
-    failed = [r for r in results if r.error]
+    failed = [r for r in results if r.error or USER_ERROR in r.metrics]
     if failed:
-        raise KbenchError(f"{len(failed)} of {len(specs)} trials failed; first: {trial_error(failed[0].error)}")
+        first = failed[0].metrics.get(USER_ERROR) or trial_error(failed[0].error)
+        raise KbenchError(f"{len(failed)} of {len(specs)} trials failed; first: {first}")
     return {
         _label(r.config): {k: v for k, v in r.metrics.items() if "/" in k and k not in (STAGE, COMPLETED, TOTAL)}
         for r in results
@@ -302,7 +310,8 @@ class TrialProgress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.display is not None:
-            self.display.finished(trial.trial_id, self.label(trial.config))
+            failed = USER_ERROR in (trial.last_result or {})
+            self.display.finished(trial.trial_id, self.label(trial.config), failed=failed)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.display is not None:
