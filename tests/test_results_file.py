@@ -22,10 +22,11 @@ ARGS = ["--model", "fashionbert", "--task", "itr,cr", "--profile", "smoke", "--s
 
 @pytest.fixture(scope="module")
 def invocations(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """``kbench run`` with ``--output-path``, then the same through ``kbench.evaluate`` (resumed: nothing reruns)."""
+    """``kbench run`` with ``--output-path`` (its two seeds' trials at once, a core each), then the same through
+    ``kbench.evaluate`` (resumed: nothing reruns)."""
     root = tmp_path_factory.mktemp("results-file")
     uri, out = f"sqlite:///{root / 'mlflow.db'}", root / "out"
-    code = main(["run", *ARGS, "--tracking-uri", uri, "--output-path", str(out)])
+    code = main(["run", *ARGS, "--cpus-per-trial", "1", "--tracking-uri", uri, "--output-path", str(out)])
     first = sorted(out.glob("*.json"))
     results = kbench.evaluate(
         "fashionbert",

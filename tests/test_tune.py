@@ -46,10 +46,12 @@ def test_dev_evaluation_after_each_epoch_matches_the_final_one() -> None:
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A search of four samples, two at a time on a core each (a smoke sample's tiny kernels use little of two)."""
     root = tmp_path_factory.mktemp("tune")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     out = root / "best.yaml"
     argv = ["tune", "--model", "fashionbert", "--task", "cr", "--profile", "smoke", "--samples", "4"]
+    argv += ["--cpus-per-trial", "1"]
     code = main([*argv, "--out", str(out), "--tracking-uri", uri, "--experiment", "tune"])
     return {"code": code, "uri": uri, "out": out}
 
