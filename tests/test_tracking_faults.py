@@ -20,7 +20,9 @@ from mlflow.tracking import MlflowClient
 from test_plots_ui import free_port, wait_for_ok
 
 from kbench.commands.cli import main
-from kbench.engine.tracking import Tracking, TrialRun, open_experiment
+from kbench.engine.replay import conclude
+from kbench.engine.spool import Spooled
+from kbench.engine.tracking import Tracking, TrialRun, open_experiment, parent_run
 
 # A request to a server that is gone fails at once rather than after MLflow's minutes of retries.
 FAST_FAILURE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
@@ -238,6 +240,32 @@ def wait_for_trial_run(database: Path, run: subprocess.Popen, timeout: float = 6
                 return found[0][0]
         time.sleep(0.2)
     raise AssertionError(f"no trial run appeared; kbench exited {run.poll()}")
+
+
+@pytest.mark.slow
+def test_a_store_lost_once_the_parent_run_is_open_spools_the_drivers_writes(
+    server: Server, capsys: pytest.CaptureFixture
+) -> None:
+    """The server dies after the parent run opens, before the trials: the extraction's metrics on the parent run,
+    the trial's run, the summary and the parent's end are spooled (``Spooled``); ``kbench sync`` completes them."""
+    from kbench.engine.tracking import log_parent_metrics  # the write launch.prepare_features makes on the parent
+
+    client = MlflowClient(tracking_uri=server.url)
+    tracking = Tracking(server.url, open_experiment(server.url, "kbench"))
+    tags = {"model": "clip", "variant": "default", "config_hash": "h1", "tasks": "cr"}
+    with pytest.raises(Spooled), parent_run(tracking, "clip · cr", {"command": "run"}, {"tasks": "cr"}) as parent_id:
+        server.kill()
+        child = Tracking(server.url, tracking.experiment_id, parent_id)
+        log_parent_metrics(child, {"time/extraction_s": 1.5})
+        with TrialRun(child, "clip/seed0", tags) as run:
+            run.log_metrics({"cr/acc": 42.0})
+        conclude(server.url, tracking.experiment_id, parent_id, {"clip/seed0": ("clip", "default", "h1")}, "cr")
+    server.start()
+    assert main(["sync"]) == 0 and "replayed 2 spooled runs" in capsys.readouterr().out
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics == {"time/extraction_s": 1.5, "cr/acc": 42.0}
+    (trial,) = client.search_runs([tracking.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
+    assert trial.info.status == "FINISHED" and trial.data.metrics == {"cr/acc": 42.0}
 
 
 @pytest.mark.slow
