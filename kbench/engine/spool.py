@@ -1,9 +1,9 @@
 """A local spool of tracking calls: what runs log while the tracking store is unreachable (after MLflow's retries and
 ours), kept under ``KBENCH_HOME/spool`` until ``replay`` puts them in the store (``kbench sync``, ``--resume``).
 
-One folder per invocation (named by its parent run), one JSON-lines file per run (``parent.jsonl`` for the parent),
-one record per call, each fsynced before the call returns; files logged are copied beside it (``.files``); the
-records replayed are marked in a ``.done`` file.
+One folder per invocation (named by its parent run, or the pending id of one the store could not create yet), one
+JSON-lines file per run (``parent.jsonl`` for the parent), one record per call, each fsynced before the call returns;
+files logged are copied beside it (``.files``); the records replayed are marked in a ``.done`` file.
 """
 
 from __future__ import annotations
