@@ -21,8 +21,13 @@ from kbench.report.export import export
 SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 TINY = {**SIZES, "vocab_size": 200, "visual_feature_size": 24, "patch_scheme": "grid-4"}
 INPUTS = ("input_ids", "attention_mask", "patch_features", "patch_locations")
-# Smoke trials cut to a few steps: pre-training, ITR's and CR's fine-tuning.
-SHORT = ["pretrain.max_steps=3", "tasks.itr.finetune.max_steps=2", "tasks.cr.finetune.max_steps=2"]
+# Smoke trials cut to a few steps (pre-training, ITR's and CR's fine-tuning) and ITR to 5 of its 20 queries.
+SHORT = [
+    "pretrain.max_steps=3",
+    "tasks.itr.finetune.max_steps=2",
+    "tasks.cr.finetune.max_steps=2",
+    "tasks.itr.queries=5",
+]
 
 
 def tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
