@@ -84,7 +84,8 @@ def ray_start(tmp: Path, mark: str, *args: str) -> None:
     ]
     if "--head" in args:
         argv += ["--include-dashboard=false", f"--dashboard-port={dashboard}", f"--temp-dir={tmp}"]
-    env = {**os.environ, MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
+    # the driver runs with auth off (kbench.engine.launch); so must the nodes, whatever ~/.ray/auth_token holds
+    env = {**os.environ, MARK: mark, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -105,10 +106,10 @@ def cluster() -> Iterator[str]:
         subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
 
-def kbench_run(tmp_path: Path, address: str, *args: str) -> subprocess.CompletedProcess:
-    """``kbench run`` of the smallest trial on the cluster at ``address``; a run that waits for resources past 150 s
-    fails the test (Ray would wait forever)."""
-    argv = [sys.executable, "-m", "kbench", "run", "--model", "clip", "--task", "itr", "--profile", "smoke", *args]
+def kbench_run(tmp_path: Path, address: str, command: str, *args: str) -> subprocess.CompletedProcess:
+    """``kbench run`` (or ``tune``) of the smallest trial on the cluster at ``address``; a run that waits for
+    resources past 150 s fails the test (Ray would wait forever)."""
+    argv = [sys.executable, "-m", "kbench", command, "--model", "clip", "--task", "itr", "--profile", "smoke", *args]
     argv += ["--ray-address", address, "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     env = {**os.environ, "KBENCH_HOME": str(tmp_path / "home")}
     try:
@@ -127,9 +128,10 @@ def runs(db: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("args", "words"),
+    ("command", "args", "words"),
     [
         (
+            "run",
             ["--gpus-per-trial", "2"],
             [
                 "a trial asks for 2 GPUs on one node",
@@ -138,7 +140,8 @@ def runs(db: Path) -> int:
             ],
         ),
         (
-            ["--gpus-per-trial", "0", "--cpus-per-trial", "3"],
+            "tune",
+            ["--samples", "1", "--gpus-per-trial", "0", "--cpus-per-trial", "3"],
             [
                 "a trial asks for 3 CPUs on one node",
                 "(runtime.cpus_per_trial=3)",
@@ -146,15 +149,16 @@ def runs(db: Path) -> int:
             ],
         ),
     ],
-    ids=["gpus", "cpus"],
+    ids=["run-gpus", "tune-cpus"],
 )
 def test_a_trial_no_node_can_host_is_refused_before_any_run(
-    cluster: str, tmp_path: Path, args: list[str], words: list[str]
+    cluster: str, tmp_path: Path, command: str, args: list[str], words: list[str]
 ) -> None:
-    """The cluster's totals (2 GPUs, 4 CPUs) would hold the trial, no node does: one line naming the per-node limit,
-    exit 2, and the MLflow store holds no run (it used to wait forever, then leave a FAILED parent run)."""
+    """The cluster's totals (2 GPUs, 4 CPUs) would hold the trial (or tune's sample), no node does: one line naming
+    the per-node limit, exit 2, and the MLflow store holds no run (it used to wait forever, then leave a FAILED
+    parent run)."""
     from test_resource_faults import one_error_line
 
-    done = kbench_run(tmp_path, cluster, *args)
+    done = kbench_run(tmp_path, cluster, command, *args)
     one_error_line(done, *words)
     assert runs(tmp_path / "mlflow.db") == 0

@@ -84,10 +84,12 @@ class Session:
 
 
 @contextmanager
-def session(trials: int, base: Config, name: str, ray_address: str | None = None) -> Iterator[Session]:
-    """The display of ``trials`` trials and Ray (``ray_session``), entered before the invocation's parent run opens:
-    a cluster with no node that can host a trial is refused before any run exists."""
-    with RunProgress(trials) as display:
+def session(
+    trials: int, base: Config, name: str, ray_address: str | None = None, noun: str = "trial"
+) -> Iterator[Session]:
+    """The display of ``trials`` trials (or samples: ``noun``) and Ray (``ray_session``), entered before the
+    invocation's parent run opens: a cluster with no node that can host a trial is refused before any run exists."""
+    with RunProgress(trials, noun=noun) as display:
         display.status("starting Ray")
         with ray_session(base, ray_address, run_log(name)) as fitted:
             yield Session(fitted, display, name)

@@ -26,8 +26,7 @@ from tabulate import tabulate
 from kbench.core.config import Config, OptimConfig
 from kbench.core.errors import KbenchError
 from kbench.core.paths import atomic_path, cache_dir
-from kbench.core.progress import RunProgress
-from kbench.engine.launch import TrialProgress, configure_worker, fit, prepare_features, ray_session, run_log
+from kbench.engine.launch import Session, TrialProgress, configure_worker, fit, prepare_features, session
 from kbench.engine.replay import flush
 from kbench.engine.spool import parent_call, retrying, unreachable
 from kbench.engine.tracking import (
@@ -151,9 +150,12 @@ def tune_recipe(
     name = f"tune-{model}-{task_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     tags = {"command": "tune", "model": model, "search": task_name, "profile": cfg.profile}
     params = {"samples": samples, "metric": f"dev/{metric}", "scheduler": "ASHA", "space": _space_text(space)}
-    with parent_run(tracking, name, tags, params) as parent_id:
+    with (
+        session(samples, cfg, name, ray_address, noun="sample") as ray,
+        parent_run(tracking, name, tags, params) as parent_id,
+    ):
         child = dataclasses.replace(tracking, parent_run_id=parent_id)
-        results = search(cfg, spec, task_name, metric, space, samples, child, name, ray_address)
+        results = search(ray, spec, task_name, metric, space, samples, child)
         rows = settle_samples(child, results, metric)
         finished = [r for r in rows if r["status"] != "FAILED"]
         if not finished:
@@ -177,45 +179,35 @@ def tune_recipe(
 
 
 def search(
-    cfg: Config,
-    spec: TrialSpec,
-    task: str,
-    metric: str,
-    space: dict[str, Any],
-    samples: int,
-    tracking: Tracking,
-    name: str,
-    ray_address: str | None,
+    ray: Session, spec: TrialSpec, task: str, metric: str, space: dict[str, Any], samples: int, tracking: Tracking
 ) -> tune.ResultGrid:
-    """``samples`` recipes from ``space`` (seeded), each a Tune trial under ASHA on the dev ``metric``."""
-    with RunProgress(samples, noun="sample") as display:
-        display.status("starting Ray")
-        with ray_session(cfg, ray_address, run_log(name)) as cfg:
-            display.status("extracting features")
-            prepare_features(cfg, [spec], ("train", "dev"), tracking)
-            display.status("starting the samples")
-            resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
-            trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)
-            scheduler = ASHAScheduler(time_attr=EPOCH, max_t=max(space["epochs"].categories), reduction_factor=2)
-            tuner = tune.Tuner(
-                tune.with_resources(trainable, resources),
-                param_space=space,
-                tune_config=tune.TuneConfig(
-                    metric=metric,
-                    mode="max",
-                    num_samples=samples,
-                    scheduler=scheduler,
-                    search_alg=BasicVariantGenerator(random_state=spec.seed),
-                    trial_name_creator=lambda t: describe(t.config),
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=str(cache_dir("tune")),
-                    verbose=0,
-                    callbacks=[TrialProgress(display, describe), _Lines(metric)],
-                ),
-            )
-            return fit(tuner)
+    """``samples`` recipes from ``space`` (seeded), each a Tune trial of ``ray`` under ASHA on the dev ``metric``."""
+    cfg, display = ray.base, ray.display
+    display.status("extracting features")
+    prepare_features(cfg, [spec], ("train", "dev"), tracking)
+    display.status("starting the samples")
+    resources = {"cpu": cfg.runtime.cpus_per_trial, "gpu": cfg.runtime.gpus_per_trial}
+    trainable = tune.with_parameters(_sample, spec=spec, base=cfg, task=task, tracking=tracking)
+    scheduler = ASHAScheduler(time_attr=EPOCH, max_t=max(space["epochs"].categories), reduction_factor=2)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode="max",
+            num_samples=samples,
+            scheduler=scheduler,
+            search_alg=BasicVariantGenerator(random_state=spec.seed),
+            trial_name_creator=lambda t: describe(t.config),
+        ),
+        run_config=tune.RunConfig(
+            name=ray.name,
+            storage_path=str(cache_dir("tune")),
+            verbose=0,
+            callbacks=[TrialProgress(display, describe), _Lines(metric)],
+        ),
+    )
+    return fit(tuner)
 
 
 def settle_samples(tracking: Tracking, results: tune.ResultGrid, metric: str) -> list[dict[str, Any]]:
