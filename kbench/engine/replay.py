@@ -31,6 +31,7 @@ from kbench.engine.tracking import (
     Tracking,
     ensure_experiment,
     finished_runs,
+    log_inputs,
     log_metric_items,
     log_params,
     register_model,
@@ -189,7 +190,7 @@ def _replay_artifacts(client: MlflowClient, run_id: str, head: Mapping, record: 
 
 def _replay_inputs(client: MlflowClient, run_id: str, head: Mapping, record: Mapping, folder: Path) -> None:
     dataset = Dataset(**record["dataset"])
-    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag(k, v) for k, v in record["context"].items()])])
+    log_inputs(client, run_id, [DatasetInput(dataset, [InputTag(k, v) for k, v in record["context"].items()])])
 
 
 def _replay_model(client: MlflowClient, run_id: str, head: Mapping, record: Mapping, folder: Path) -> None:

@@ -378,7 +378,7 @@ class TrialRun:
         fields["profile"] = json.dumps(dict(sizes))
         inputs = [DatasetInput(Dataset(**fields), [InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])]
         context = {MLFLOW_DATASET_CONTEXT: DATASET_CONTEXT}
-        self._call(partial(self.client.log_inputs, self.run_id, inputs), "inputs", dataset=fields, context=context)
+        self._call(partial(log_inputs, self.client, self.run_id, inputs), "inputs", dataset=fields, context=context)
 
     def log_model(self, local_dir: str | Path, name: str, params: Mapping[str, Any]) -> None:
         """Register the checkpoint in ``local_dir`` (already logged under the run's ``model/``) as an MLflow 3 logged
@@ -470,6 +470,17 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> 
     items = [Param(k, v) for k, v in param_values(params).items()]
     for i in range(0, len(items), _BATCH):
         client.log_batch(run_id, params=items[i : i + _BATCH])
+
+
+def log_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """``client.log_inputs``, tried once more when trials running side by side create the same dataset at once: a SQL
+    store looks a dataset up, then inserts it, and the later insert breaks the key (experiment, name, digest)."""
+    try:
+        client.log_inputs(run_id, inputs)
+    except MlflowException as exc:
+        if exc.error_code != "BAD_REQUEST" or "datasets" not in exc.message:
+            raise
+        client.log_inputs(run_id, inputs)  # the dataset exists now: the store only links it to the run
 
 
 def metric_items(metrics: Mapping[str, float], step: int = 0) -> list[Metric]:
