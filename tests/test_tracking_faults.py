@@ -176,14 +176,7 @@ def test_a_run_whose_server_dies_mid_trial_ends_spooled_and_syncs_once(
     with one line; once the server is back, ``kbench sync`` puts every spooled metric in the store exactly once."""
     argv = [sys.executable, "-m", "kbench", "run", "--model", "clip", "--task", "cr", "--profile", "smoke"]
     argv += ["--limit", "20", "--cpus-per-trial", "1", "--tracking-uri", server.url]
-    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        parent_id = wait_for_trial_run(tmp_path / "mlflow.db", run)
-        server.kill()
-        out, err = run.communicate(timeout=900)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    run, parent_id, out, err = kill_server_mid_trial(server, argv, tmp_path)
     folder = kbench_home / "spool" / parent_id
     assert run.returncode == 3, err
     assert err.strip().splitlines()[-1] == (
@@ -240,6 +233,20 @@ def wait_for_trial_run(database: Path, run: subprocess.Popen, timeout: float = 6
                 return found[0][0]
         time.sleep(0.2)
     raise AssertionError(f"no trial run appeared; kbench exited {run.poll()}")
+
+
+def kill_server_mid_trial(server: Server, argv: list[str], cwd: Path) -> tuple[subprocess.Popen, str, str, str]:
+    """Run ``argv`` in ``cwd``, kill ``server`` once its trial has an MLflow run, wait for the end: the process, the
+    parent run's id and the output."""
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    try:
+        parent_id = wait_for_trial_run(cwd / "mlflow.db", run)
+        server.kill()
+        out, err = run.communicate(timeout=900)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    return run, parent_id, out, err
 
 
 @pytest.mark.slow
@@ -329,14 +336,7 @@ def test_a_tune_whose_server_dies_mid_search_ends_spooled_and_syncs_once(
     argv = [sys.executable, "-m", "kbench", "tune", "--model", "fashionbert", "--task", "cr", "--profile", "smoke"]
     argv += ["--samples", "1", "--limit", "20", "--cpus-per-trial", "1", "--tracking-uri", server.url]
     argv += ["--out", str(tmp_path / "recipe.yaml")]
-    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        parent_id = wait_for_trial_run(tmp_path / "mlflow.db", run)
-        server.kill()
-        out, err = run.communicate(timeout=900)
-    finally:
-        if run.poll() is None:
-            run.kill()
+    run, parent_id, out, err = kill_server_mid_trial(server, argv, tmp_path)
     assert run.returncode == 3, err
     folder = Path(os.environ["KBENCH_HOME"]) / "spool" / parent_id
     assert err.strip().splitlines()[-1] == (
