@@ -47,6 +47,9 @@ MODELS = "all"
 BLOCK = "agm"
 PROFILE = "smoke"
 TOLERANCE = 1e-6  # relative, against max(1, |reference|)
+# CLIP's smoke entry, at chance (above), moves by a prediction between CPU models even with pinned kernels: cr's
+# macro-F by 2.3e-4 and SumCLS by 0.023 on a Xeon of model 207 against the machine that wrote the reference.
+LOOSER = {"clip": 1e-3}
 # results/reference/ of the checkout, installed as kbench.reference.
 REFERENCE = Path(str(resources.files("kbench.reference").joinpath(f"{PROFILE}.json")))
 
@@ -95,14 +98,18 @@ def collect(uri: str) -> Results:
     return dict(sorted(out.items()))
 
 
-def differences(reference: Results, current: Results, tolerance: float) -> pd.DataFrame:
-    """The (trial, metric) pairs that moved beyond ``tolerance``, appeared or disappeared."""
+def differences(
+    reference: Results, current: Results, tolerance: float, looser: dict[str, float] = LOOSER
+) -> pd.DataFrame:
+    """The (trial, metric) pairs that moved beyond ``tolerance`` (or the ``looser`` one of their model), appeared or
+    disappeared."""
     rows = []
     for trial in sorted(set(reference) | set(current)):
         ref, cur = reference.get(trial, {}), current.get(trial, {})
+        limit = max(tolerance, looser.get(trial.split("/")[0], 0.0))
         for metric in sorted(set(ref) | set(cur)):
             a, b = ref.get(metric), cur.get(metric)
-            if a is None or b is None or abs(a - b) > tolerance * max(1.0, abs(a)):
+            if a is None or b is None or abs(a - b) > limit * max(1.0, abs(a)):
                 rows.append({"trial": trial, "metric": metric, "reference": a, "now": b})
     return pd.DataFrame(rows, columns=["trial", "metric", "reference", "now"])
 
@@ -120,7 +127,8 @@ def reproduce(update: bool, reference: Path = REFERENCE, tolerance: float = TOLE
             path.write_text(json.dumps(current, indent=1) + "\n")
         return 0, f"wrote {count} metrics of {len(current)} trials to {reference}"
     moved = differences(json.loads(reference.read_text()), current, tolerance)
+    limits = f"tolerance {tolerance:g}" + "".join(f"; {m} {t:g}" for m, t in LOOSER.items())
     if moved.empty:
-        return 0, f"reproduced: {count} metrics of {len(current)} trials match {reference} (tolerance {tolerance:g})"
+        return 0, f"reproduced: {count} metrics of {len(current)} trials match {reference} ({limits})"
     table = tabulate(moved, headers="keys", tablefmt="github", showindex=False, floatfmt=".6g", missingval="–")
-    return 1, f"{len(moved)} of {count} metrics moved beyond tolerance {tolerance:g}:\n\n{table}"
+    return 1, f"{len(moved)} of {count} metrics moved beyond {limits}:\n\n{table}"
